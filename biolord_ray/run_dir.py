@@ -1,0 +1,173 @@
+"""The run directory: where every stage reads and writes, plus the manifest that records them.
+
+A run directory is a local path or a URI (``s3://bucket/run``, ``gs://...``) resolved through
+pyarrow's filesystems. Each stage builds its outputs in ``_staging/`` and publishes them to
+``<stage>/`` only when it has finished, and the manifest is rewritten atomically; a later
+stage reads only outputs that the manifest lists as complete, so a crash never leaves
+half-written outputs where something would read them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from biolord_ray.config import config_hash
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StageOutputs:
+    """What a stage's build function returns: output names -> paths relative to its folder."""
+
+    outputs: dict[str, str]
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+class RunDir:
+    def __init__(self, uri: str):
+        if "://" not in uri:
+            uri = os.path.abspath(os.path.expanduser(uri))
+        self.uri = uri
+        self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        self.fs.create_dir(self.root, recursive=True)
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.uri!r})"
+
+    def path(self, *parts: str) -> str:
+        """A path inside the run directory, in the form ``self.fs`` expects."""
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    # -- small files, written atomically ------------------------------------------------
+    def read_json(self, *parts: str) -> Any:
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return json.loads(f.read())
+
+    def write_json(self, obj: Any, *parts: str) -> None:
+        """Write then move: readers see the old file or the new one, never a partial one."""
+        final = self.path(*parts)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+        self.fs.move(tmp, final)
+
+    # -- manifest ------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return self.read_json(MANIFEST) if self.exists(MANIFEST) else {"stages": {}}
+
+    def stage_record(self, stage: str) -> dict[str, Any] | None:
+        return self.manifest()["stages"].get(stage)
+
+    def _update_record(self, stage: str, record: dict[str, Any]) -> None:
+        # Only the pipeline driver writes the manifest, so read-modify-write is safe.
+        manifest = self.manifest()
+        manifest["stages"][stage] = record
+        self.write_json(manifest, MANIFEST)
+
+    def output(self, stage: str, name: str) -> str:
+        """Path of a completed stage's output; a clear error if the stage has not completed."""
+        record = self.stage_record(stage)
+        if not record or record["status"] != "complete":
+            state = record["status"] if record else "never run"
+            raise FileNotFoundError(f"{self.uri}: stage '{stage}' is not complete ({state}); "
+                                    f"run it first")
+        return self.path(stage, record["outputs"][name])
+
+
+def fingerprint(uri_or_path: str) -> dict[str, Any]:
+    """Cheap identity of an input: size and modification time of each file under it.
+
+    Hashing contents would read tens of GB for a UMLS release; size and mtime change
+    whenever a release file is replaced, which is what a rerun must notice.
+    """
+    if "://" not in uri_or_path:
+        uri_or_path = os.path.abspath(os.path.expanduser(uri_or_path))
+    fs, path = pafs.FileSystem.from_uri(uri_or_path)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(uri_or_path)
+    infos = [info] if info.type == pafs.FileType.File else sorted(
+        (i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+         if i.type == pafs.FileType.File), key=lambda i: i.path)
+    files = {os.path.relpath(i.path, path) if i.path != path else os.path.basename(path):
+             [i.size, i.mtime_ns] for i in infos}
+    return {"path": uri_or_path, "files": files}
+
+
+def run_stage(
+    run_dir: RunDir,
+    stage: str,
+    config: Any,
+    inputs: dict[str, Any],
+    build: Callable[[str], StageOutputs],
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run ``build`` unless the stage already completed for the same config and inputs.
+
+    ``build(staging_dir)`` writes its outputs under ``staging_dir`` (a path on
+    ``run_dir.fs``) and returns their names; they are then moved to ``<run_dir>/<stage>/``
+    and the manifest records status, config hash, input fingerprints, outputs, timings and
+    counts. Returns the manifest record.
+    """
+    wanted = {"config_hash": config_hash(config), "inputs": inputs}
+    previous = run_dir.stage_record(stage)
+    if not force and _is_complete(run_dir, stage, previous, wanted):
+        log.info("stage %s: complete for this config and inputs, skipped", stage)
+        return previous
+
+    started = time.time()
+    record = {**wanted, "status": "running", "started_at": _now()}
+    run_dir._update_record(stage, record)
+    staging = run_dir.path("_staging", f"{stage}-{uuid.uuid4().hex[:8]}")
+    run_dir.fs.create_dir(staging, recursive=True)
+    try:
+        result = build(staging)
+    except BaseException as err:
+        run_dir._update_record(stage, {**record, "status": "failed", "error": repr(err)[:2000]})
+        _delete_dir(run_dir.fs, staging)
+        raise
+    final = run_dir.path(stage)
+    _delete_dir(run_dir.fs, final)
+    run_dir.fs.move(staging, final)
+    record.update(
+        status="complete",
+        outputs=result.outputs,
+        counts=result.counts,
+        finished_at=_now(),
+        seconds=round(time.time() - started, 3),
+    )
+    run_dir._update_record(stage, record)
+    return record
+
+
+def _is_complete(run_dir: RunDir, stage: str, record: dict | None, wanted: dict) -> bool:
+    if not record or record.get("status") != "complete":
+        return False
+    if any(record.get(k) != v for k, v in wanted.items()):
+        return False
+    return all(run_dir.exists(stage, rel) for rel in record["outputs"].values())
+
+
+def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

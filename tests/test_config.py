@@ -1,0 +1,108 @@
+import pytest
+
+from biolord_ray.config import (
+    ConfigError,
+    PipelineConfig,
+    available_presets,
+    config_hash,
+    load_config,
+    preset_path,
+)
+
+
+def test_defaults_are_the_embedded_default():
+    cfg = load_config()
+    assert cfg == PipelineConfig()
+    assert cfg.kg.format == "mondo"
+    assert cfg.contrastive.base_model == "packaged:all-MiniLM-L6-v2"
+    assert cfg.definitions.llm == "packaged:SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize("name", available_presets())
+def test_every_shipped_preset_loads(name, tmp_path):
+    # paper needs the user's licensed UMLS release; any existing directory stands in for it.
+    cfg = load_config(name, [f"kg.path={tmp_path}"] if name == "paper" else [])
+    assert isinstance(cfg, PipelineConfig)
+    assert preset_path(name).read_text().startswith("#"), "presets open with who uses them"
+
+
+def test_tiny_preset_equals_the_defaults():
+    assert load_config("tiny") == PipelineConfig()
+
+
+def test_paper_preset_is_the_paper_setting(tmp_path):
+    cfg = load_config("paper", [f"kg.path={tmp_path}"])
+    assert cfg.contrastive.base_model == "packaged:all-mpnet-base-v2"
+    assert cfg.kg.format == "umls" and cfg.kg.max_concepts is None
+    assert cfg.contrastive.use_gpu and cfg.contrastive.precision == "bf16"
+    assert cfg.definitions.gpus_per_engine == 1
+
+
+def test_overrides_are_typed():
+    cfg = load_config("tiny", ["contrastive.lr=3e-5", "kg.max_concepts=null",
+                               "tune.seeds=[1, 2, 3]",
+                               "kg.snomed_language_refset=900000000000508004"])
+    assert cfg.contrastive.lr == 3e-5
+    assert cfg.kg.max_concepts is None
+    assert cfg.tune.seeds == [1, 2, 3]
+    assert cfg.kg.snomed_language_refset == "900000000000508004"
+    assert load_config(None, ["contrastive.lr=1"]).contrastive.lr == 1.0  # int where float
+
+
+def test_unknown_key_names_key_origin_and_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown key 'contrastive\.learning_rate' "
+                       r"\(from --set contrastive.learning_rate=1\)"):
+        load_config(None, ["contrastive.learning_rate=1"])
+    with pytest.raises(ConfigError, match=r"did you mean 'kg\.max_concepts'"):
+        load_config(None, ["kg.max_concept=3"])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: tiny\ndefinitions:\n  batchsize: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert "definitions.batchsize" in str(err.value) and str(path) in str(err.value)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("contrastive:\n  batch_size: large\n")
+    with pytest.raises(ConfigError, match=rf"contrastive.batch_size \(from {path}\): "
+                       r"expected int, got str 'large'"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match="expected bool"):
+        load_config(None, ["models.trust_remote_code=maybe"])
+    with pytest.raises(ConfigError, match="is not one of"):
+        load_config(None, ["contrastive.zero_stage=5"])
+
+
+def test_missing_input_file_names_key(tmp_path):
+    missing = tmp_path / "nope" / "hp.obo"
+    with pytest.raises(ConfigError, match=rf"kg.path \(from --set kg.path={missing}\): "
+                       r"no such file or directory"):
+        load_config(None, ["kg.format=obo", f"kg.path={missing}"])
+
+
+def test_bad_combinations_fail_with_the_fix():
+    with pytest.raises(ConfigError, match="kg.path.*required when kg.format is 'umls'"):
+        load_config(None, ["kg.format=umls"])
+    with pytest.raises(ConfigError, match="set kg.format=obo"):
+        load_config(None, [f"kg.path={__file__}"])
+    with pytest.raises(ConfigError, match="missing file|no such file"):
+        load_config("no_such_preset")
+
+
+def test_extends_builds_on_a_preset(tmp_path):
+    path = tmp_path / "umls.yaml"
+    path.write_text(f"extends: paper\nkg:\n  path: {tmp_path}\n  languages: [ENG, SPA]\n")
+    cfg = load_config(str(path))
+    assert cfg.kg.languages == ["ENG", "SPA"]
+    assert cfg.contrastive.base_model == "packaged:all-mpnet-base-v2"  # from paper
+
+
+def test_config_hash_tracks_values():
+    a, b = load_config(), load_config(None, ["kg.max_concepts=10"])
+    assert config_hash(a.kg) == config_hash(load_config().kg)
+    assert config_hash(a.kg) != config_hash(b.kg)
+    assert config_hash(a.contrastive) == config_hash(b.contrastive)

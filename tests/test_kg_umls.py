@@ -1,0 +1,94 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from biolord_ray.config import load_config
+from biolord_ray.kg import ingest, umls
+from biolord_ray.kg.errors import KGFormatError
+from biolord_ray.run_dir import RunDir
+
+UMLS = Path(__file__).parent / "fixtures" / "umls"
+
+
+def _ingest(tmp_path, path=UMLS, *overrides):
+    cfg = load_config(None, ["kg.format=umls", f"kg.path={path}", "kg.max_concepts=null",
+                             "kg.shuffle_partitions=2", f"run_dir={tmp_path / 'run'}",
+                             *overrides])
+    run_dir = RunDir(cfg.run_dir)
+    record = ingest.run(cfg, run_dir)
+    return record, run_dir
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, ray_local):
+    record, run_dir = _ingest(tmp_path_factory.mktemp("umls"), UMLS,
+                              "kg.languages=[ENG, DUT]")
+    concepts = {r["concept_id"]: r for r in ingest.read_concepts(run_dir).to_pylist()}
+    relations = ingest.read_relations(run_dir).to_pylist()
+    return record, concepts, relations
+
+
+def test_concepts_from_mrconso_mrdef_mrsty(ingested):
+    _, concepts, _ = ingested
+    # C9999999 has only a German name: filtered out by kg.languages.
+    assert sorted(concepts) == ["C0007222", "C0011849", "C0011854", "C0011860", "C0012634",
+                                "C0018787", "C0020538", "C0030274"]
+    dm = concepts["C0011849"]
+    assert dm["preferred_name"] == "Diabetes Mellitus"  # TS=P, STT=PF, ISPREF=Y
+    assert {s["text"] for s in dm["synonyms"]} == {"DM", "Diabetes mellitus"}
+    assert {"text": "DM", "type": "abbreviation", "language": "en", "source": "MTH"} \
+        in dm["synonyms"]
+    assert [d["source"] for d in dm["definitions"]] == ["MSH", "NCI"]
+    assert dm["semantic_types"] == ["Disease or Syndrome"]
+    t2 = concepts["C0011860"]
+    assert {"text": "Diabetes mellitus type 2", "type": "other_language", "language": "nl",
+            "source": "MSHDUT"} in t2["synonyms"]
+    # Suppressed atom (SUPPRESS=O) and suppressed definition are dropped.
+    assert "Diabetes, old style" not in {s["text"] for s in dm["synonyms"]}
+    assert len(concepts["C0020538"]["definitions"]) == 1
+
+
+def test_relations_from_mrrel(ingested):
+    record, _, relations = ingested
+    triples = {(r["head_id"], r["relation"], r["tail_id"]) for r in relations}
+    assert triples == {
+        ("C0011860", "is_a", "C0011849"), ("C0011854", "is_a", "C0011849"),
+        ("C0020538", "is_a", "C0007222"), ("C0007222", "is_a", "C0012634"),
+        ("C0011849", "is_a", "C0012634"),
+        ("C0011849", "has_finding_site", "C0030274"), ("C0030274", "finding_site_of", "C0011849"),
+    }
+    # PAR stated by MSH and by SNOMEDCT_US is one relation.
+    assert len(relations) == len(triples)
+    assert record["counts"]["dangling_relations"] == 1  # the parent C8888888 is not in MRCONSO
+    assert record["counts"]["concepts"] == 8 and record["counts"]["relations"] == 7
+
+
+def test_vocabulary_filter(tmp_path, ray_local):
+    _, run_dir = _ingest(tmp_path, UMLS, "kg.vocabularies=[SNOMEDCT_US]")
+    concepts = {r["concept_id"]: r for r in ingest.read_concepts(run_dir).to_pylist()}
+    assert sorted(concepts) == ["C0011849", "C0020538"]
+    assert concepts["C0020538"]["preferred_name"] == "Hypertensive disorder"
+
+
+@pytest.mark.parametrize("damage, line, message", [
+    (lambda text: text.replace("|Type 2 Diabetes|0|N|256|", "|Type 2 Diabetes|0|"), 8,
+     "expected 19 fields separated by '\\|', got 17"),
+    (lambda text: text.replace("Heart", "H\udcffeart"), 13, "byte 66 is not valid UTF-8"),
+])
+def test_malformed_mrconso_names_file_and_line(tmp_path, ray_local, damage, line, message):
+    meta = tmp_path / "META"
+    shutil.copytree(UMLS / "META", meta)
+    path = meta / "MRCONSO.RRF"
+    path.write_bytes(damage(path.read_text()).encode("utf-8", "surrogateescape"))
+    with pytest.raises(KGFormatError, match=rf"MRCONSO\.RRF, line {line}: {message}"):
+        _ingest(tmp_path, meta)
+    run_dir = RunDir(str(tmp_path / "run"))
+    assert run_dir.stage_record("ingest_kg")["status"] == "failed"
+    assert not run_dir.exists("ingest_kg")  # nothing partial where a later stage would read
+
+
+def test_missing_required_file(tmp_path):
+    (tmp_path / "MRCONSO.RRF").write_text("")
+    with pytest.raises(KGFormatError, match="not a UMLS release: missing MRREL.RRF"):
+        umls.release_files(str(tmp_path))
