@@ -15,9 +15,13 @@ class KGFormatError(ValueError):
     """Bad KG input; the message names the file, and the line where one is known."""
 
     def __init__(self, path: str, message: str, line: int | None = None):
-        self.path, self.line = path, line
+        self.path, self.message, self.line = path, message, line
         where = f"{path}, line {line}" if line is not None else path
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):
+        # Raised inside Ray tasks: rebuild from the parts, not from the formatted message.
+        return type(self), (self.path, self.message, self.line)
 
 
 def locate_bad_line(

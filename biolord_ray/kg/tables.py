@@ -11,6 +11,7 @@ process.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -43,7 +44,7 @@ class KGTables:
     files: list[tuple[str, str, int, bool]] = field(default_factory=list)
 
 
-def read_delimited(path: str, columns: list[str], keep: list[str], delimiter: str,
+def read_delimited(path: str | list[str], columns: list[str], keep: list[str], delimiter: str,
                    header: bool):
     """Stream a delimited release file as a Ray Dataset of string columns ``keep``.
 
@@ -92,28 +93,29 @@ def _kg_format_cause(err: BaseException) -> KGFormatError | None:
     return None
 
 
-def assemble_concepts(facts, concept_file: str | None = None, num_partitions: int = 16):
+def assemble_concepts(facts, concept_files: list[str] | None = None, num_partitions: int = 16):
     """Group facts by concept into rows of CONCEPT_SCHEMA.
 
-    ``concept_file``: when set, a concept must have exactly one "concept" fact (it is listed,
-    active, once in that file); concepts without one are dropped (their names belong to an
-    inactive or filtered concept) and a duplicate is an error naming that file.
+    ``concept_files``: when set, a concept must have exactly one "concept" fact (it is
+    listed, active, once in those files); concepts without one are dropped (their names
+    belong to an inactive or filtered concept) and a duplicate is an error naming the file.
     """
     return facts.groupby("concept_id", num_partitions=num_partitions).map_groups(
-        concept_from_facts, batch_format="pyarrow", fn_kwargs={"concept_file": concept_file})
+        concept_from_facts, batch_format="pyarrow", fn_kwargs={"concept_files": concept_files})
 
 
-def concept_from_facts(group: pa.Table, concept_file: str | None = None) -> pa.Table:
+def concept_from_facts(group: pa.Table, concept_files: list[str] | None = None) -> pa.Table:
     """One concept row from all facts of one concept (an empty table if it has no name)."""
     rows = group.to_pylist()
     concept_id = rows[0]["concept_id"]
-    if concept_file is not None:
+    if concept_files is not None:
         listed = sum(1 for r in rows if r["kind"] == "concept")
         if listed > 1:
-            lines = find_lines(concept_file, [concept_id + "\t"])
-            where = ", ".join(map(str, lines))
-            raise KGFormatError(concept_file, f"duplicate concept id {concept_id} (lines {where})",
-                                lines[0] if lines else None)
+            found = [(path, line) for path in concept_files
+                     for line in find_lines(path, [concept_id + "\t"])]
+            where = ", ".join(f"{os.path.basename(path)} line {line}" for path, line in found)
+            path, line = found[0] if found else (concept_files[0], None)
+            raise KGFormatError(path, f"duplicate concept id {concept_id} ({where})", line)
         if listed == 0:
             return CONCEPT_SCHEMA.empty_table()
     names = sorted((r for r in rows if r["kind"] == "name"),
