@@ -164,4 +164,5 @@ def test_duplicate_concept_id(copy):
     with pytest.raises(KGFormatError, match="duplicate concept id 73211009") as err:
         read_all(copy)
     assert err.value.path == str(path)
-    assert err.value.line == 5 and "txt line 5, " in str(err.value) and "txt line 16)" in str(err.value)
+    assert err.value.line == 5
+    assert "txt line 5, " in str(err.value) and "txt line 16)" in str(err.value)
