@@ -1,0 +1,1041 @@
+"""Ingestion throughput and peak memory of the UMLS MRCONSO streaming reader.
+
+Generates realistic MRCONSO.RRF files (cached under ``--data-dir``, keyed by size and seed),
+then, for each size, measures in fresh subprocesses:
+
+* **bare**: ``pyarrow.csv.read_csv`` of the whole file into one in-memory table, with the
+  same read/parse/convert options ``biolord_ray.kg.tables.read_delimited`` passes to Ray
+  (pipe, no quoting, 19 column names, string types, the 9 columns ``umls.read`` keeps);
+  median of ``--repeat`` runs. Peak memory = the kernel's high-water RSS (VmHWM) of that
+  single process. For context (unless ``--no-breakdown``): a read of all 19 columns, a
+  streaming ``pyarrow.csv.open_csv`` pass (batches dropped), and open_csv ->
+  ``names_to_facts`` -> one Parquet file in one process (the pipeline's work without Ray).
+* **pipeline**: the platform's streaming reader, ``read_delimited(MRCONSO) ->
+  map_batches(names_to_facts)`` consumed with ``write_parquet`` into a temp dir (what
+  ingestion does), on a fresh local ``ray.init(num_cpus=2)``; for context also the same
+  without ``names_to_facts``. Peak memory = the peak over time of the *summed PSS*
+  (proportional set size: shared pages, including object-store pages mapped by workers,
+  are counted once overall) of the driver, the Ray system processes (raylet, gcs_server,
+  agents) and all Ray worker processes, sampled every ``--pss-interval`` s; summed RSS
+  (double counts shared pages) and summed RssAnon are sampled every ``--interval`` s. The
+  object store's usage as the raylet reports it (bytes used, spilled) is polled about once
+  a second and reported separately. CPU time (user+system) of all those processes is
+  recorded too: the machine may be shared, and CPU time moves less with other load than
+  wall-clock time does.
+* the full ``umls.read`` concept assembly (facts -> ``groupby(concept_id).map_groups``),
+  at ``--assemble-rows`` (much smaller files: it is ~100x slower than the streaming reader,
+  so even the small main size would take far too long), each run under a time limit; its
+  rate between the two sizes is extrapolated to the main sizes. ``--skip-assemble`` skips.
+
+Prints a table and writes ``ingest_throughput.json`` (and a PNG if matplotlib is installed)
+to ``--out``.
+
+Usage::
+
+    .venv/bin/python benchmarks/ingest_throughput.py [--sizes 2500000,5000000] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from biolord_ray.kg import umls  # noqa: E402
+
+GENERATOR_VERSION = 1
+DEFAULT_DATA_DIR = "/tmp/biolord_ray_bench"
+MIB = 1024 * 1024
+# The MRCONSO columns umls.read keeps (kept in sync by reading them off the same call site
+# would need running it; they are listed here and checked against umls.MRCONSO below).
+KEEP = ["CUI", "LAT", "TS", "STT", "ISPREF", "SAB", "TTY", "STR", "SUPPRESS"]
+COLUMNS = umls.MRCONSO + ["_end"]
+NAMES_OPTIONS = {"languages": ["ENG", "en"], "vocabularies": [], "keep_suppressed": False}
+
+# --------------------------------------------------------------------------------------------
+# MRCONSO generator
+# --------------------------------------------------------------------------------------------
+
+# (English, Spanish, French)
+CONDITIONS = [
+    ("disease", "enfermedad", "maladie"), ("disorder", "trastorno", "trouble"),
+    ("neoplasm", "neoplasia", "néoplasme"), ("carcinoma", "carcinoma", "carcinome"),
+    ("inflammation", "inflamación", "inflammation"), ("infection", "infección", "infection"),
+    ("fracture", "fractura", "fracture"), ("injury", "lesión", "lésion"),
+    ("hemorrhage", "hemorragia", "hémorragie"), ("stenosis", "estenosis", "sténose"),
+    ("insufficiency", "insuficiencia", "insuffisance"), ("atrophy", "atrofia", "atrophie"),
+    ("hypertrophy", "hipertrofia", "hypertrophie"), ("ulcer", "úlcera", "ulcère"),
+    ("abscess", "absceso", "abcès"), ("cyst", "quiste", "kyste"),
+    ("malformation", "malformación", "malformation"), ("obstruction", "obstrucción",
+                                                       "obstruction"),
+    ("dysplasia", "displasia", "dysplasie"), ("necrosis", "necrosis", "nécrose"),
+    ("pain", "dolor", "douleur"), ("edema", "edema", "œdème"),
+    ("calcification", "calcificación", "calcification"), ("fibrosis", "fibrosis", "fibrose"),
+    ("syndrome", "síndrome", "syndrome"), ("tumor", "tumor", "tumeur"),
+]
+ANATOMY = [
+    ("lung", "pulmón", "poumon"), ("liver", "hígado", "foie"), ("kidney", "riñón", "rein"),
+    ("heart", "corazón", "cœur"), ("brain", "cerebro", "cerveau"),
+    ("stomach", "estómago", "estomac"), ("colon", "colon", "côlon"),
+    ("pancreas", "páncreas", "pancréas"), ("thyroid gland", "glándula tiroides",
+                                          "glande thyroïde"),
+    ("skin", "piel", "peau"), ("bone", "hueso", "os"), ("femur", "fémur", "fémur"),
+    ("tibia", "tibia", "tibia"), ("spinal cord", "médula espinal", "moelle épinière"),
+    ("aorta", "aorta", "aorte"), ("coronary artery", "arteria coronaria",
+                                  "artère coronaire"),
+    ("retina", "retina", "rétine"), ("cornea", "córnea", "cornée"),
+    ("bladder", "vejiga", "vessie"), ("prostate", "próstata", "prostate"),
+    ("ovary", "ovario", "ovaire"), ("uterus", "útero", "utérus"),
+    ("esophagus", "esófago", "œsophage"), ("small intestine", "intestino delgado",
+                                           "intestin grêle"),
+    ("lymph node", "ganglio linfático", "ganglion lymphatique"), ("spleen", "bazo", "rate"),
+    ("adrenal gland", "glándula suprarrenal", "glande surrénale"),
+    ("mitral valve", "válvula mitral", "valve mitrale"), ("trachea", "tráquea", "trachée"),
+    ("gallbladder", "vesícula biliar", "vésicule biliaire"),
+]
+MODIFIERS = [
+    ("chronic", "crónica", "chronique"), ("acute", "aguda", "aiguë"),
+    ("congenital", "congénita", "congénitale"), ("malignant", "maligna", "maligne"),
+    ("benign", "benigna", "bénigne"), ("primary", "primaria", "primitive"),
+    ("secondary", "secundaria", "secondaire"), ("recurrent", "recurrente", "récidivante"),
+    ("obstructive", "obstructiva", "obstructive"), ("traumatic", "traumática",
+                                                    "traumatique"),
+    ("idiopathic", "idiopática", "idiopathique"), ("hereditary", "hereditaria",
+                                                   "héréditaire"),
+    ("bilateral", "bilateral", "bilatérale"), ("diffuse", "difusa", "diffuse"),
+    ("focal", "focal", "focale"), ("severe", "grave", "sévère"),
+]
+QUALIFIERS = [
+    ("", "", ""), ("", "", ""), ("", "", ""), ("", "", ""),
+    (", unspecified", ", no especificada", ", sans précision"),
+    (", left", ", izquierda", ", gauche"), (", right", ", derecha", ", droite"),
+    (" without complication", " sin complicación", " sans complication"),
+    (" with hemorrhage", " con hemorragia", " avec hémorragie"),
+    (" in pregnancy", " en el embarazo", " au cours de la grossesse"),
+    (" of childhood", " de la infancia", " de l'enfance"),
+    (" (finding)", " (hallazgo)", " (constatation)"),
+    (", stage 2", ", estadio 2", ", stade 2"), (" type 1", " tipo 1", " type 1"),
+    (" type 2", " tipo 2", " type 2"), (", initial encounter", ", primer contacto",
+                                        ", premier contact"),
+]
+ENG_SABS = ["MSH", "SNOMEDCT_US", "NCI", "MDR", "ICD10CM", "MTH", "MEDLINEPLUS", "LNC",
+            "HPO", "OMIM"]
+ENG_SAB_P = [0.18, 0.30, 0.15, 0.10, 0.06, 0.05, 0.03, 0.07, 0.03, 0.03]
+SPA_SABS = ["MSHSPA", "SCTSPA", "MDRSPA"]
+FRE_SABS = ["MSHFRE", "MDRFRE"]
+SABS = ENG_SABS + SPA_SABS + FRE_SABS
+# Per SAB: code style (0: MeSH D######, 1: SNOMED number, 2: ICD-10-CM, 3: NCI C#####,
+# 4: plain number) and SRL.
+SAB_CODE_STYLE = {"MSH": 0, "MSHSPA": 0, "MSHFRE": 0, "SNOMEDCT_US": 1, "SCTSPA": 1,
+                  "ICD10CM": 2, "NCI": 3}
+SAB_SRL = {"MSH": "0", "SNOMEDCT_US": "9", "NCI": "0", "MDR": "3", "ICD10CM": "4",
+           "MTH": "0", "MEDLINEPLUS": "0", "LNC": "0", "HPO": "0", "OMIM": "0",
+           "MSHSPA": "3", "SCTSPA": "9", "MDRSPA": "3", "MSHFRE": "3", "MDRFRE": "3"}
+ENG_TTYS = ["PT", "SY", "MH", "ET", "PN", "FN", "LLT", "AB", "ACR"]
+ENG_TTY_P = [0.25, 0.25, 0.08, 0.12, 0.05, 0.08, 0.11, 0.04, 0.02]
+FOREIGN_TTYS = ["MH", "PT", "SY", "ET", "LLT"]
+FOREIGN_TTY_P = [0.25, 0.25, 0.25, 0.15, 0.10]
+
+
+def _pick(rng: np.random.Generator, n: int, probs: list[float]) -> np.ndarray:
+    p = np.asarray(probs, dtype=float)
+    return rng.choice(len(p), size=n, p=p / p.sum()).astype(np.int32)
+
+
+def _name_pools(seed: int, size: int = 60_000) -> tuple[pa.Array, ...]:
+    """Parallel (English, Spanish, French, English initials) pools of base concept names."""
+    r = random.Random(seed)
+    en, es, fr = [], [], []
+    for _ in range(size):
+        c, a, m = r.choice(CONDITIONS), r.choice(ANATOMY), r.choice(MODIFIERS)
+        style = r.random()
+        if style < 0.4:
+            e, s, f = f"{m[0]} {c[0]} of {a[0]}", f"{c[1]} {m[1]} de {a[1]}", \
+                f"{c[2]} {m[2]} de {a[2]}"
+        elif style < 0.7:
+            e, s, f = f"{m[0]} {a[0]} {c[0]}", f"{c[1]} {m[1]} del {a[1]}", \
+                f"{c[2]} {m[2]} du {a[2]}"
+        else:
+            c2, a2 = r.choice(CONDITIONS), r.choice(ANATOMY)
+            e = f"{m[0]} {c[0]} of {a[0]} with {c2[0]} of {a2[0]}"
+            s = f"{c[1]} {m[1]} de {a[1]} con {c2[1]} de {a2[1]}"
+            f = f"{c[2]} {m[2]} de {a[2]} avec {c2[2]} de {a2[2]}"
+        en.append(e[0].upper() + e[1:])
+        es.append(s[0].upper() + s[1:])
+        fr.append(f[0].upper() + f[1:])
+    initials = pc.utf8_upper(pc.replace_substring_regex(pa.array(en), r"(\w)\w*[^\w]*", r"\1"))
+    return pa.array(en), pa.array(es), pa.array(fr), initials
+
+
+def _ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
+    digits = pc.utf8_lpad(pc.cast(pa.array(numbers), pa.string()), width, "0")
+    return pc.binary_join_element_wise(prefix, digits, "")
+
+
+def _lookup(values: list[str], idx: np.ndarray) -> pa.Array:
+    return pa.array(values).take(pa.array(idx))
+
+
+def _mrconso_chunk(rng: np.random.Generator, cui: np.ndarray, pos: np.ndarray,
+                   row0: int, pools: tuple[pa.Array, ...]) -> pa.Array:
+    """MRCONSO lines (each ending in '|\\n') for one chunk of rows, as one string array."""
+    n = len(cui)
+    first = pos == 0
+    # Language: the first atom of every concept is English (it carries the preferred name).
+    lang = np.where(first, 0, _pick(rng, n, [0.72, 0.16, 0.12]))
+    eng, spa = lang == 0, lang == 1
+    sab = np.where(eng, _pick(rng, n, ENG_SAB_P),
+                   np.where(spa, len(ENG_SABS) + rng.integers(0, len(SPA_SABS), n),
+                            len(ENG_SABS) + len(SPA_SABS) + rng.integers(0, len(FRE_SABS), n)))
+    sab = np.where(first, np.where(rng.random(n) < 0.5, 0, 1), sab)  # MSH / SNOMEDCT_US
+    tty = np.where(eng, _pick(rng, n, ENG_TTY_P),
+                   len(ENG_TTYS) + _pick(rng, n, FOREIGN_TTY_P))
+    tty = np.where(first, 0, tty)
+    abbrev = eng & ((tty == ENG_TTYS.index("AB")) | (tty == ENG_TTYS.index("ACR")))
+
+    # Names: the concept's base name (pool entry + qualifier), in the atom's language, with
+    # per-atom variants (lower case, ", NOS", "(disorder)", initials for AB/ACR).
+    base = np.uint64(2654435761) * cui.astype(np.uint64) % np.uint64(len(pools[0]))
+    qual = (cui.astype(np.int64) * 7 + 3) % len(QUALIFIERS)
+    base = pa.array(base.astype(np.int64))
+    names = pc.choose(pa.array(lang), *(p.take(base) for p in pools[:3]))
+    quals = pc.choose(pa.array(lang), *(_lookup([q[i] for q in QUALIFIERS], qual)
+                                        for i in range(3)))
+    text = pc.binary_join_element_wise(names, quals, "")
+    variant = np.where(first, 0, _pick(rng, n, [0.45, 0.2, 0.15, 0.2]))
+    variant = np.where(abbrev, 4, variant)
+    initials = pools[3].take(base)
+    text = pc.choose(pa.array(variant), text, pc.utf8_lower(text),
+                     pc.binary_join_element_wise(text, ", NOS", ""),
+                     pc.binary_join_element_wise(text, " (disorder)", ""), initials)
+
+    ts = np.where(first, 0, (rng.random(n) < 0.25).astype(np.int32))
+    stt = np.where(first, 0, _pick(rng, n, [0.7, 0.15, 0.1, 0.05]))
+    ispref = np.where(first, 0, (rng.random(n) < 0.4).astype(np.int32))
+    suppress = np.where(first, 0, _pick(rng, n, [0.94, 0.03, 0.01, 0.02]))
+    cvf = _pick(rng, n, [0.7, 0.2, 0.1])
+
+    # Codes: a per-source style. Same concept + source -> same code.
+    code_num = (cui.astype(np.int64) * 1_000_003 + sab * 7919) % 900_000 + 100_000
+    style = np.array([SAB_CODE_STYLE.get(s, 4) for s in SABS])[sab]
+    num = pc.cast(pa.array(code_num), pa.string())
+    icd = pc.binary_join_element_wise(
+        _lookup(list("ABCDEFGHIJKLMNOPRSTZ"), code_num % 20),
+        pc.cast(pa.array(code_num % 100), pa.string()),
+        pc.cast(pa.array(code_num // 100 % 10), pa.string()), "")
+    icd = pc.binary_join_element_wise(pc.utf8_slice_codeunits(icd, 0, 3), ".",
+                                      pc.utf8_slice_codeunits(icd, 3), "")
+    code = pc.choose(pa.array(style), pc.binary_join_element_wise("D", num, ""),
+                     pc.binary_join_element_wise(num, "00", ""), icd,
+                     pc.binary_join_element_wise("C", num, ""), num)
+    is_msh, is_sct = style == 0, style == 1
+    empty = pa.nulls(n, pa.string()).fill_null("")
+    scui = pc.if_else(pa.array(is_msh), _ids("M", code_num, 7),
+                      pc.if_else(pa.array(is_sct | (style >= 3)), code, empty))
+    sdui = pc.if_else(pa.array(is_msh), code, empty)
+    rows = np.arange(row0, row0 + n, dtype=np.int64)
+    saui = pc.if_else(pa.array(is_sct), pc.cast(pa.array(rows * 97 + 1_000_011), pa.string()),
+                      empty)
+    aui = _ids("A", (rows * 2654435761) % 100_000_000, 8)
+    lui = _ids("L", (cui.astype(np.int64) * 3 + variant % 2 + lang * 5) % 10_000_000, 7)
+    sui = _ids("S", (cui.astype(np.int64) * 11 + variant * 3 + lang) % 10_000_000, 7)
+
+    fields = [
+        _ids("C", cui, 7), _lookup(["ENG", "SPA", "FRE"], lang), _lookup(["P", "S"], ts),
+        lui, _lookup(["PF", "VO", "VC", "VW"], stt), sui, _lookup(["Y", "N"], ispref), aui,
+        saui, scui, sdui, _lookup(SABS, sab), _lookup(ENG_TTYS + FOREIGN_TTYS, tty), code,
+        text, _lookup([SAB_SRL[s] for s in SABS], sab), _lookup(["N", "O", "E", "Y"], suppress),
+        _lookup(["", "256", "4096"], cvf),
+    ]
+    return pc.binary_join_element_wise(*fields, "\n", "|")
+
+
+def _write_lines(f, lines: pa.Array) -> int:
+    lines = lines.cast(pa.large_string()) if lines.type != pa.large_string() else lines
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)
+    start, end = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+    f.write(memoryview(lines.buffers()[2])[start:end])
+    return end - start
+
+
+def generate_mrconso(path: Path, rows: int, seed: int, chunk_rows: int = 500_000) -> None:
+    """Write ``rows`` MRCONSO rows: ~4 atoms per concept (3-5), CUIs ascending."""
+    rng = np.random.default_rng(seed)
+    n_cuis = rows // 3 + 1
+    per_cui = rng.integers(3, 6, n_cuis)  # 3, 4 or 5 atoms
+    n_cuis = int(np.searchsorted(np.cumsum(per_cui), rows)) + 1
+    per_cui = per_cui[:n_cuis]
+    cui_num = 5 + np.cumsum(rng.integers(1, 8, n_cuis))  # sparse, ascending like a release
+    assert cui_num[-1] < 10_000_000
+    cui = np.repeat(cui_num, per_cui)[:rows]
+    starts = np.repeat(np.cumsum(per_cui) - per_cui, per_cui)[:rows]
+    pos = np.arange(rows) - starts
+    pools = _name_pools(seed)
+    tmp = path.with_suffix(".partial")
+    with open(tmp, "wb") as f:
+        for i, row0 in enumerate(range(0, rows, chunk_rows)):
+            sl = slice(row0, min(rows, row0 + chunk_rows))
+            chunk_rng = np.random.default_rng([seed, i])
+            _write_lines(f, _mrconso_chunk(chunk_rng, cui[sl], pos[sl], row0, pools))
+    os.replace(tmp, path)
+
+
+def mrconso_file(data_dir: Path, rows: int, seed: int) -> tuple[Path, float | None]:
+    """The cached generated file for ``rows`` (generated if missing) and generation time."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / f"MRCONSO_{rows}_seed{seed}_v{GENERATOR_VERSION}.RRF"
+    if path.exists():
+        return path, None
+    t = time.perf_counter()
+    generate_mrconso(path, rows, seed)
+    return path, time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------------------------
+# Memory sampling
+# --------------------------------------------------------------------------------------------
+
+
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def _category(proc: psutil.Process, root_pid: int) -> str:
+    """driver (this process), workers (Ray worker processes: ray::IDLE, ray::<task>, actors)
+    or ray_system (raylet, gcs_server, agents, log monitor, ...)."""
+    if proc.pid == root_pid:
+        return "driver"
+    try:
+        name = proc.name()
+        cmd = " ".join(proc.cmdline()[:3])
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return "ray_system"
+    title = cmd if cmd.startswith("ray::") else name
+    if title.startswith(RAY_AGENTS):
+        return "ray_system"
+    if title.startswith("ray::") or "default_worker.py" in cmd:
+        return "workers"
+    return "ray_system"
+
+
+def _status_kib(pid: int) -> dict[str, int]:
+    """VmRSS / RssAnon / RssShmem / VmHWM (KiB) from /proc/PID/status: cheap, no page walk."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS", "RssAnon", "RssShmem", "VmHWM")):
+                key, value = line.split(":", 1)
+                out[key] = int(value.split()[0])
+    return out
+
+
+def _pss_kib(pid: int) -> int:
+    """PSS (KiB) from /proc/PID/smaps_rollup (walks page tables: ~1-5 ms a process)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+class MemorySampler(threading.Thread):
+    """Samples the memory of this process and all its descendants (for a Ray driver: the
+    raylet, gcs_server, agents and every worker).
+
+    Every ``interval`` s: summed RSS and summed RssAnon (private anonymous memory: heaps,
+    Arrow buffers) from /proc/PID/status. Every ``pss_interval`` s: summed PSS from
+    /proc/PID/smaps_rollup (shared pages split between the processes mapping them, so the
+    sum counts them once), also per category. ``store_fn`` (optional) returns (object store
+    bytes used, bytes spilled) and is polled every ``store_interval`` s.
+    """
+
+    def __init__(self, interval: float = 0.2, pss_interval: float = 1.0, store_fn=None,
+                 store_interval: float = 1.0):
+        super().__init__(daemon=True)
+        self.interval, self.pss_interval = interval, pss_interval
+        self.store_fn, self.store_interval = store_fn, store_interval
+        self.root = psutil.Process()
+        self._stop_event = threading.Event()
+        self._cats: dict[int, str] = {}
+        self.series: list[dict] = []      # fast samples
+        self.pss_series: list[dict] = []  # PSS samples
+        self.store_series: list[tuple[float, int, int]] = []
+        self.t0 = time.perf_counter()
+        self.cost_s = 0.0  # time spent sampling (CPU taken from the measured work)
+        self._cpu: dict[int, float] = {}  # last seen user+system CPU seconds, by pid
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user+system) used so far by every process seen (exited ones included,
+        up to their last sample), by category and in total."""
+        out = {"driver": 0.0, "workers": 0.0, "ray_system": 0.0}
+        for pid, cpu in self._cpu.items():
+            out[self._cats.get(pid, "ray_system")] += cpu
+        out["total"] = sum(self._cpu.values())
+        return out
+
+    def _procs(self) -> list[psutil.Process]:
+        procs = [self.root]
+        try:
+            procs += self.root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        return procs
+
+    def _cat(self, p: psutil.Process) -> str:
+        cat = self._cats.get(p.pid)
+        if cat is None or cat == "ray_system":  # a worker may not have its title yet
+            cat = self._cats[p.pid] = _category(p, self.root.pid)
+        return cat
+
+    def sample(self, pss: bool = False) -> dict:
+        t = time.perf_counter()
+        out = {"t": t - self.t0, "rss": 0, "anon": 0, "n_procs": 0, "n_workers": 0}
+        by_cat = {"driver": 0, "workers": 0, "ray_system": 0}
+        for p in self._procs():
+            try:
+                st = _status_kib(p.pid)
+                ct = p.cpu_times()
+                self._cpu[p.pid] = ct.user + ct.system
+                cat = self._cat(p)
+                pss_kib = _pss_kib(p.pid) if pss else 0
+            except (OSError, ValueError, psutil.Error):
+                continue
+            out["rss"] += st.get("VmRSS", 0) * 1024
+            out["anon"] += st.get("RssAnon", 0) * 1024
+            out["n_procs"] += 1
+            out["n_workers"] += cat == "workers"
+            by_cat[cat] += pss_kib * 1024
+        if pss:
+            out["pss"] = sum(by_cat.values())
+            out.update({f"pss_{k}": v for k, v in by_cat.items()})
+            self.pss_series.append(out)
+        self.series.append(out)
+        self.cost_s += time.perf_counter() - t
+        return out
+
+    def run(self) -> None:
+        next_pss = next_store = 0.0
+        while not self._stop_event.is_set():
+            now = time.perf_counter() - self.t0
+            self.sample(pss=now >= next_pss)
+            if now >= next_pss:
+                next_pss = now + self.pss_interval
+            if self.store_fn is not None and now >= next_store:
+                try:
+                    used, spilled = self.store_fn()
+                    self.store_series.append((now, used, spilled))
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
+                next_store = now + self.store_interval
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self.sample(pss=True)
+
+    def summary(self, since: float = 0.0) -> dict:
+        fast = [s for s in self.series if s["t"] >= since] or self.series
+        slow = [s for s in self.pss_series if s["t"] >= since] or self.pss_series
+        peak = max(slow, key=lambda s: s["pss"])
+        cats = ("driver", "workers", "ray_system")
+        res = {
+            "peak_pss_mib": peak["pss"] / MIB,
+            "peak_rss_sum_mib": max(s["rss"] for s in fast) / MIB,
+            "peak_anon_sum_mib": max(s["anon"] for s in fast) / MIB,
+            "at_peak_pss_by_process_mib": {k: peak[f"pss_{k}"] / MIB for k in cats},
+            "peak_pss_by_process_mib": {k: max(s[f"pss_{k}"] for s in slow) / MIB
+                                        for k in cats},
+            "max_processes": max(s["n_procs"] for s in fast),
+            "max_worker_processes": max(s["n_workers"] for s in fast),
+            "samples": len(fast), "pss_samples": len(slow),
+            "sampling_cpu_s": self.cost_s,
+        }
+        store = [s for s in self.store_series if s[0] >= since]
+        if store:
+            res["object_store_peak_used_mib"] = max(s[1] for s in store) / MIB
+            res["object_store_spilled_mib"] = max(s[2] for s in store) / MIB
+        return res
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements (each runs in its own fresh subprocess: see child_main)
+# --------------------------------------------------------------------------------------------
+
+
+def _csv_options(keep: list[str] | None):
+    """Exactly the pyarrow options tables.read_delimited hands to ray.data.read_csv."""
+    return dict(
+        read_options=pacsv.ReadOptions(column_names=COLUMNS, skip_rows=0),
+        parse_options=pacsv.ParseOptions(delimiter="|", quote_char=False, escape_char=False),
+        convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in COLUMNS}, include_columns=keep or [],
+            strings_can_be_null=False, quoted_strings_can_be_null=False),
+    )
+
+
+def _own_status_mib() -> dict[str, float]:
+    return {k: v / 1024 for k, v in _status_kib(os.getpid()).items()}
+
+
+def run_bare(path: str, mode: str, repeat: int, scratch: str) -> dict:
+    """One process, no Ray. mode: read_csv (the 9 kept columns, whole table in memory),
+    read_csv_all (all 19 columns), open_csv (streaming, batches dropped), open_csv_facts
+    (streaming -> names_to_facts -> one Parquet file: the pipeline's work without Ray).
+
+    Peak memory is the kernel's high-water RSS of this process (VmHWM, reset at exec)."""
+    import pyarrow.parquet as pq
+
+    base_rss = _own_status_mib()["VmRSS"]
+    times, cpu, rows, out_rows, nbytes = [], [], 0, 0, 0
+    for _ in range(repeat):
+        t, c = time.perf_counter(), time.process_time()
+        if mode.startswith("open_csv"):
+            reader = pacsv.open_csv(path, **_csv_options(KEEP))
+            writer, rows, out_rows = None, 0, 0
+            out_path = os.path.join(scratch, f"bare_facts_{os.getpid()}.parquet")
+            for batch in reader:
+                rows += batch.num_rows
+                if mode == "open_csv_facts":
+                    facts = umls.names_to_facts(pa.Table.from_batches([batch]), **NAMES_OPTIONS)
+                    if writer is None:
+                        writer = pq.ParquetWriter(out_path, facts.schema)
+                    writer.write_table(facts)
+                    out_rows += facts.num_rows
+            if writer is not None:
+                writer.close()
+                os.unlink(out_path)
+        else:
+            table = pacsv.read_csv(path, **_csv_options(KEEP if mode == "read_csv" else None))
+            rows, nbytes = table.num_rows, table.nbytes
+            del table
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    st = _own_status_mib()
+    return {"mode": mode, "rows": rows, "output_rows": out_rows or None,
+            "seconds": statistics.median(times), "times": times,
+            "cpu_seconds": statistics.median(cpu),
+            "rows_per_s": rows / statistics.median(times), "peak_rss_mib": st["VmHWM"],
+            "baseline_rss_mib": base_rss, "peak_above_baseline_mib": st["VmHWM"] - base_rss,
+            "table_nbytes_mib": nbytes / MIB}
+
+
+def _start_ray(num_cpus: int):
+    import ray
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    state = get_state_from_address(ray.get_runtime_context().gcs_address)
+
+    def store_fn():
+        st = get_memory_info_reply(state, timeout_seconds=5).store_stats
+        return st.object_store_bytes_used, st.spilled_bytes_total
+
+    return ray, store_fn
+
+
+def _parquet_rows(out_dir: str) -> tuple[int, int]:
+    import pyarrow.parquet as pq
+
+    files = [os.path.join(root, f) for root, _, names in os.walk(out_dir)
+             for f in names if f.endswith(".parquet")]
+    return sum(pq.read_metadata(f).num_rows for f in files), len(files)
+
+
+def run_pipeline(path: str, mode: str, num_cpus: int, interval: float, pss_interval: float,
+                 scratch: str, deadline_s: float | None) -> dict:
+    """mode: facts (read_delimited -> names_to_facts -> write_parquet), read_only
+    (read_delimited -> write_parquet), assemble (umls.read(...).concepts -> write_parquet)."""
+    from biolord_ray.kg.tables import read_delimited
+
+    ray, store_fn = _start_ray(num_cpus)
+    sampler = MemorySampler(interval=interval, pss_interval=pss_interval, store_fn=store_fn)
+    sampler.start()
+    time.sleep(3.0)  # let the idle cluster settle: its footprint is the baseline
+    idle = sampler.sample(pss=True)
+    idle_cpu = sampler.cpu_seconds()
+    t_start = idle["t"]
+    out_dir = tempfile.mkdtemp(prefix=f"out_{mode}_", dir=scratch)
+    result: dict = {"mode": mode}
+    t = time.perf_counter()
+    if mode == "assemble":
+        from biolord_ray.config import KGConfig
+
+        meta = tempfile.mkdtemp(prefix="META_", dir=scratch)
+        os.symlink(path, os.path.join(meta, "MRCONSO.RRF"))
+        open(os.path.join(meta, "MRREL.RRF"), "w").close()
+        ds = umls.read(KGConfig(format="umls", path=meta)).concepts
+    else:
+        ds = read_delimited(path, COLUMNS, KEEP, "|", header=False)
+        if mode == "facts":
+            ds = ds.map_batches(umls.names_to_facts, batch_format="pyarrow",
+                                fn_kwargs=NAMES_OPTIONS)
+    error: list[BaseException] = []
+
+    def consume():
+        try:
+            ds.write_parquet(out_dir)
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            error.append(e)
+
+    worker = threading.Thread(target=consume, daemon=True)
+    worker.start()
+    worker.join(deadline_s)
+    seconds = time.perf_counter() - t
+    sampler.stop()
+    if worker.is_alive():
+        result.update(timed_out=True)
+    elif error:
+        result.update(error=repr(error[0]))
+    else:
+        out_rows, out_files = _parquet_rows(out_dir)
+        result.update(output_rows=out_rows, output_files=out_files)
+        try:
+            result["dataset_stats"] = ds.stats()
+        except Exception:  # noqa: BLE001 - stats are a nice-to-have
+            pass
+    result["seconds"] = seconds
+    cpu = sampler.cpu_seconds()
+    result["cpu_seconds"] = cpu["total"] - idle_cpu["total"]
+    result["cpu_seconds_by_process"] = {k: cpu[k] - idle_cpu[k] for k in cpu if k != "total"}
+    capacity = ray.cluster_resources().get("object_store_memory", 0)
+    result["object_store_capacity_mib"] = capacity / MIB
+    s = sampler.summary(since=t_start)
+    result.update(s)
+    result["idle_pss_mib"] = idle["pss"] / MIB
+    result["idle_pss_by_process_mib"] = {k[4:]: idle[k] / MIB for k in idle
+                                         if k.startswith("pss_")}
+    result["idle_rss_sum_mib"] = idle["rss"] / MIB
+    result["peak_pss_above_idle_mib"] = s["peak_pss_mib"] - idle["pss"] / MIB
+    result["series"] = [(round(x["t"] - t_start, 2), round(x["pss"] / MIB, 1))
+                        for x in sampler.pss_series if x["t"] >= t_start]
+    result["store_series"] = [(round(x[0] - t_start, 2), round(x[1] / MIB, 1))
+                              for x in sampler.store_series if x[0] >= t_start]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if not worker.is_alive():
+        ray.shutdown()
+    return result
+
+
+BARE_MODES = ("read_csv", "read_csv_all", "open_csv", "open_csv_facts")
+
+
+def child_main(args: argparse.Namespace) -> None:
+    if args.child in BARE_MODES:
+        res = run_bare(args.file, args.child, args.repeat, args.scratch)
+    else:
+        res = run_pipeline(args.file, args.child, args.num_cpus, args.interval,
+                           args.pss_interval, args.scratch, args.deadline)
+    with open(args.result, "w") as f:
+        json.dump(res, f)
+    sys.stdout.flush()
+    os._exit(0)  # do not wait for a Ray job that hit its deadline
+
+
+def run_child(mode: str, path: Path, args: argparse.Namespace, scratch: str,
+              timeout: float | None = None, repeat: int = 1) -> dict:
+    """Run one measurement in a fresh interpreter; kill its whole process tree on timeout."""
+    fd, result = tempfile.mkstemp(suffix=".json", dir=scratch)
+    os.close(fd)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--file", str(path),
+           "--result", result, "--repeat", str(repeat), "--num-cpus", str(args.num_cpus),
+           "--interval", str(args.interval), "--pss-interval", str(args.pss_interval),
+           "--scratch", scratch]
+    if timeout is not None:
+        cmd += ["--deadline", str(timeout)]
+    load_before = os.getloadavg()[0]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    hard_limit = None if timeout is None else timeout + 120
+    try:
+        out, _ = proc.communicate(timeout=hard_limit)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc.pid)
+        out, _ = proc.communicate()
+        return {"mode": mode, "timed_out": True, "seconds": hard_limit}
+    finally:
+        _kill_leftover_ray(scratch)
+    try:
+        with open(result) as f:
+            res = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        raise RuntimeError(f"measurement {mode} on {path} failed:\n{out[-4000:]}") from None
+    finally:
+        os.unlink(result)
+    res["loadavg_1min"] = [load_before, os.getloadavg()[0]]
+    return res
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def _kill_leftover_ray(scratch: str) -> None:
+    """Ray processes our child started and left behind (re-parented to init) after a kill:
+    only those whose environment carries this run's scratch marker."""
+    marker = f"BIOLORD_BENCH_SCRATCH={scratch}"
+    for p in psutil.process_iter(["pid", "ppid"]):
+        if p.info["ppid"] != 1 or p.pid == os.getpid():
+            continue
+        try:
+            env = p.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if f"BIOLORD_BENCH_SCRATCH={env.get('BIOLORD_BENCH_SCRATCH')}" == marker:
+            _kill_tree(p.pid)
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt_rate(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.0f}k"
+
+
+def _delta(a: dict, z: dict, key: str) -> str:
+    x, y = a["pipeline"].get(key), z["pipeline"].get(key)
+    return "n/a" if x is None or y is None else f"{y - x:+,.0f}"
+
+
+def _fmt_mib(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def print_report(results: list[dict], assemble: list[dict]) -> str:
+    lines = []
+    w = lines.append
+    w("")
+    w("MRCONSO ingestion: bare pyarrow.csv.read_csv vs the platform's streaming reader")
+    w("  bare      pyarrow.csv.read_csv of the whole file into one table, same options as")
+    w("            tables.read_delimited (19 names, pipe, no quoting, string types, the 9")
+    w("            columns umls.read keeps); median of --repeat runs, one process, no Ray.")
+    w("            peak = kernel high-water RSS (VmHWM) of that process, MiB")
+    w("  pipeline  read_delimited(MRCONSO) -> map_batches(names_to_facts) -> write_parquet,")
+    w("            fresh local ray.init(num_cpus=2); wall time from building the Dataset to")
+    w("            write_parquet returning (Ray start-up excluded).")
+    w("            peak PSS = peak over time of the summed PSS (proportional set size) of")
+    w("            driver + Ray system processes (raylet, gcs, agents) + Ray workers, MiB;")
+    w("            shared pages (libraries, object-store pages a process maps) count once.")
+    w("            >idle = that peak minus the same sum for the idle cluster just before;")
+    w("            RSS sum = peak of summed RSS (double counts shared pages);")
+    w("            workers = peak summed PSS of Ray worker processes alone;")
+    w("            obj store = peak plasma bytes in use as the raylet reports them")
+    w("  ratio     pipeline rows/s / bare rows/s (rows = MRCONSO input rows)")
+    w("")
+    hdr = (f"{'rows':>10} {'file MiB':>8} {'bare r/s':>9} {'pipe r/s':>9} {'ratio':>6} "
+           f"{'bare peak':>9} {'pipe PSS':>9} {'>idle':>6} {'RSS sum':>8} {'workers':>8} "
+           f"{'obj store':>9}")
+    w(hdr)
+    w("-" * len(hdr))
+    for r in results:
+        b, p = r["bare"], r["pipeline"]
+        w(f"{r['rows']:>10,} {r['file_mib']:>8,.0f} {_fmt_rate(b['rows_per_s']):>9} "
+          f"{_fmt_rate(p.get('rows_per_s')):>9} {r['ratio']:>6.3f} "
+          f"{_fmt_mib(b['peak_rss_mib']):>9} {_fmt_mib(p['peak_pss_mib']):>9} "
+          f"{_fmt_mib(p['peak_pss_above_idle_mib']):>6} {_fmt_mib(p['peak_rss_sum_mib']):>8} "
+          f"{_fmt_mib(p['peak_pss_by_process_mib']['workers']):>8} "
+          f"{_fmt_mib(p.get('object_store_peak_used_mib')):>9}")
+    if len(results) >= 2:
+        a, z = results[0], results[-1]
+        growth_rows = z["rows"] / a["rows"]
+        ba, bz = a["bare"]["peak_rss_mib"], z["bare"]["peak_rss_mib"]
+        pa_, pz = a["pipeline"]["peak_pss_mib"], z["pipeline"]["peak_pss_mib"]
+        ia = a["pipeline"]["peak_pss_above_idle_mib"]
+        iz = z["pipeline"]["peak_pss_above_idle_mib"]
+        w("-" * len(hdr))
+        w(f"peak memory growth, {a['rows']:,} -> {z['rows']:,} rows (x{growth_rows:.1f}):")
+        w(f"  bare read_csv       {bz - ba:+8,.0f} MiB  ({ba:,.0f} -> {bz:,.0f}, x{bz / ba:.2f})")
+        w(f"  pipeline (PSS)      {pz - pa_:+8,.0f} MiB  ({pa_:,.0f} -> {pz:,.0f}, "
+          f"x{pz / pa_:.2f})")
+        w(f"  pipeline (>idle)    {iz - ia:+8,.0f} MiB  ({ia:,.0f} -> {iz:,.0f})")
+        wa = a["pipeline"]["peak_pss_by_process_mib"]["workers"]
+        wz = z["pipeline"]["peak_pss_by_process_mib"]["workers"]
+        w(f"  of which: object store peak {_delta(a, z, 'object_store_peak_used_mib')} MiB, "
+          f"Ray workers' PSS {wz - wa:+,.0f} MiB")
+        drows = z["rows"] - a["rows"]
+        parts = []
+        for key, label in (("bare", "bare"), ("pipeline", "pipeline")):
+            dt = z[key]["seconds"] - a[key]["seconds"]
+            dc = z[key]["cpu_seconds"] - a[key]["cpu_seconds"]
+            parts.append(f"{label} {_fmt_rate(drows / dt) if dt > 0 else 'n/a'} rows/s, "
+                         f"{1e6 * dc / drows:.2f} us CPU/row")
+        w("marginal cost between the sizes (difference of the two runs, so fixed start-up "
+          "costs cancel):")
+        w("  " + "; ".join(parts))
+    for r in results:
+        b, p = r["bare"], r["pipeline"]
+        w(f"{r['rows']:>10,} CPU time: bare {b['cpu_seconds']:.1f} s, pipeline "
+          f"{p['cpu_seconds']:.1f} s (all Ray processes); CPU-time ratio bare/pipeline "
+          f"{b['cpu_seconds'] / p['cpu_seconds']:.3f}")
+    w("")
+    w("context (same files; bare rows: one process, no Ray, peak = VmHWM; Ray rows: peak "
+      "summed PSS;")
+    w("CPU s = user+system CPU of all processes involved; load = 1-min load average before ->"
+      " after,")
+    w("the machine is shared, so wall-clock rates move with other users' load):")
+    hdr2 = (f"{'rows':>10} {'variant':<58} {'rows/s':>8} {'seconds':>8} {'CPU s':>7} "
+            f"{'us CPU/row':>10} {'peak MiB':>9} {'load':>10}")
+    w(hdr2)
+    w("-" * len(hdr2))
+    variants = (("bare", "bare read_csv, 9 kept columns (the baseline)"),
+                ("bare_all", "bare read_csv, all 19 columns"),
+                ("open_csv", "bare open_csv streaming, batches dropped"),
+                ("open_csv_facts", "bare open_csv -> names_to_facts -> Parquet (no Ray)"),
+                ("read_only", "Ray: read_delimited -> write_parquet (no names_to_facts)"),
+                ("pipeline", "Ray: read_delimited -> names_to_facts -> write_parquet"))
+    for r in results:
+        for key, label in variants:
+            x = r.get(key)
+            if not x:
+                continue
+            peak = x.get("peak_rss_mib", x.get("peak_pss_mib"))
+            load = x.get("loadavg_1min", [0, 0])
+            w(f"{r['rows']:>10,} {label:<58} {_fmt_rate(x.get('rows_per_s')):>8} "
+              f"{x['seconds']:>8.1f} {x['cpu_seconds']:>7.1f} "
+              f"{1e6 * x['cpu_seconds'] / r['rows']:>10.2f} {_fmt_mib(peak):>9} "
+              f"{load[0]:>4.1f}->{load[1]:<4.1f}")
+    w("")
+    for r in results:
+        p = r["pipeline"]
+        c, m = p["cpu_seconds_by_process"], p["at_peak_pss_by_process_mib"]
+        w(f"{r['rows']:>10,} pipeline: {p['output_rows']:,} facts in {p['output_files']} "
+          f"Parquet files; up to {p['max_worker_processes']} Ray worker processes")
+        w(f"{'':>10}   CPU s: driver {c['driver']:.1f}, workers {c['workers']:.1f}, Ray "
+          f"system {c['ray_system']:.1f} (sampler itself {p['sampling_cpu_s']:.1f})")
+        w(f"{'':>10}   PSS at peak: driver {m['driver']:,.0f}, workers {m['workers']:,.0f}, "
+          f"Ray system {m['ray_system']:,.0f} MiB; idle cluster {p['idle_pss_mib']:,.0f} MiB")
+        w(f"{'':>10}   object store: peak {_fmt_mib(p.get('object_store_peak_used_mib'))} of "
+          f"{p['object_store_capacity_mib']:,.0f} MiB (Ray Data may queue up to ~50% = "
+          f"{p['object_store_capacity_mib'] / 2:,.0f} MiB before backpressure)")
+    if assemble:
+        w("")
+        w("umls.read concept assembly (MRCONSO facts -> groupby(concept_id, 16 partitions)"
+          ".map_groups(concept_from_facts) -> write_parquet), on separate smaller files:")
+        ok = []
+        for x in assemble:
+            if x.get("timed_out"):
+                w(f"{x['rows']:>10,} rows: stopped at the {x['seconds']:.0f} s limit")
+            elif x.get("error"):
+                w(f"{x['rows']:>10,} rows: failed: {x['error'][:300]}")
+            else:
+                ok.append(x)
+                w(f"{x['rows']:>10,} rows: {x['seconds']:.1f} s, {_fmt_rate(x['rows_per_s'])} "
+                  f"input rows/s, {x['output_rows']:,} concepts, CPU {x['cpu_seconds']:.1f} s; "
+                  f"peak summed PSS {x['peak_pss_mib']:,.0f} MiB (>idle "
+                  f"{x['peak_pss_above_idle_mib']:,.0f}), object store peak "
+                  f"{_fmt_mib(x.get('object_store_peak_used_mib'))} MiB, spilled "
+                  f"{_fmt_mib(x.get('object_store_spilled_mib'))} MiB, up to "
+                  f"{x['max_worker_processes']} worker processes")
+        if len(ok) >= 2 and ok[-1]["seconds"] > ok[0]["seconds"]:
+            rate = (ok[-1]["rows"] - ok[0]["rows"]) / (ok[-1]["seconds"] - ok[0]["seconds"])
+            fixed = ok[0]["seconds"] - ok[0]["rows"] / rate
+            w(f"  marginal rate {_fmt_rate(rate)} rows/s after ~{max(fixed, 0):.0f} s of fixed "
+              f"cost; linear extrapolation (optimistic if the cost grows faster than "
+              f"linearly with rows):")
+            for r in results:
+                w(f"  {r['rows']:>10,} rows -> ~{(fixed + r['rows'] / rate) / 60:.0f} min "
+                  f"(the streaming facts pipeline above: {r['pipeline']['seconds']:.0f} s)")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def write_chart(results: list[dict], out: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
+    labels = [f"{r['rows'] / 1e6:g}M" for r in results]
+    x = np.arange(len(results))
+    ax1.bar(x - 0.2, [r["bare"]["rows_per_s"] / 1e6 for r in results], 0.4, label="bare")
+    ax1.bar(x + 0.2, [r["pipeline"]["rows_per_s"] / 1e6 for r in results], 0.4,
+            label="pipeline")
+    ax1.set(xticks=x, xticklabels=labels, ylabel="M rows/s", title="throughput")
+    ax1.legend()
+    ax2.plot(labels, [r["bare"]["peak_rss_mib"] for r in results], "o-", label="bare RSS")
+    ax2.plot(labels, [r["pipeline"]["peak_pss_mib"] for r in results], "o-",
+             label="pipeline summed PSS")
+    ax2.plot(labels, [r["pipeline"]["peak_pss_above_idle_mib"] for r in results], "o--",
+             label="pipeline PSS above idle")
+    ax2.set(ylabel="MiB", title="peak memory")
+    ax2.legend()
+    for r in results:
+        s = r["pipeline"]["series"]
+        ax3.plot([t for t, _ in s], [m for _, m in s], label=f"{r['rows'] / 1e6:g}M")
+    ax3.set(xlabel="s", ylabel="MiB", title="pipeline summed PSS over time")
+    ax3.legend()
+    fig.tight_layout()
+    path = out / "ingest_throughput.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=5_000_000,
+                    help="rows of the largest file (must be >= 5M unless --allow-small)")
+    ap.add_argument("--sizes", default=None,
+                    help="comma-separated row counts (default: rows/2,rows)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                    help="cache of generated files (kept across runs)")
+    ap.add_argument("--seed", type=int, default=2023)
+    ap.add_argument("--repeat", type=int, default=3, help="repeats of each bare read")
+    ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--interval", type=float, default=0.2,
+                    help="RSS sampling period of the Ray processes (s)")
+    ap.add_argument("--pss-interval", type=float, default=1.0,
+                    help="PSS sampling period (s); PSS reads cost ~1-5 ms a process")
+    ap.add_argument("--no-breakdown", action="store_true",
+                    help="skip the read-only pipeline and bare context variants")
+    ap.add_argument("--assemble-rows", default="50000,100000",
+                    help="comma-separated rows of the (separate, cached) files for the "
+                         "umls.read concept assembly; it runs at a few thousand rows/s, so "
+                         "the main sizes would take far longer than --assemble-timeout")
+    ap.add_argument("--skip-assemble", action="store_true")
+    ap.add_argument("--assemble-timeout", type=float, default=180.0)
+    ap.add_argument("--allow-small", action="store_true", help="allow files < 5M rows")
+    # internal: one measurement in a fresh process
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--file", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        child_main(args)
+        return
+    assert set(KEEP) <= set(umls.MRCONSO) and len(COLUMNS) == 19
+    sizes = ([int(s.replace("_", "")) for s in args.sizes.split(",")] if args.sizes
+             else [args.rows // 2, args.rows])
+    sizes = sorted(sizes)
+    if sizes[-1] < 5_000_000 and not args.allow_small:
+        sys.exit("the largest size must be >= 5,000,000 rows (or pass --allow-small)")
+    t_total = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix="run_", dir=str(data_dir))
+    os.environ["BIOLORD_BENCH_SCRATCH"] = scratch  # inherited by children and their Ray
+    try:
+        results, assemble = [], []
+        files = {}
+        for rows in sizes:
+            path, gen_s = mrconso_file(data_dir, rows, args.seed)
+            files[rows] = path
+            size = path.stat().st_size / MIB
+            print(f"[data] {path} ({size:,.0f} MiB) "
+                  + (f"generated in {gen_s:.1f} s" if gen_s else "cached"), flush=True)
+        for rows in sizes:
+            path = files[rows]
+            with open(path, "rb") as f:  # warm the page cache: every variant reads from RAM
+                while f.read(64 * MIB):
+                    pass
+            r = {"rows": rows, "file": str(path), "file_mib": path.stat().st_size / MIB}
+            modes = ["read_csv"]
+            if not args.no_breakdown:
+                modes += ["read_csv_all", "open_csv", "open_csv_facts", "read_only"]
+            for mode in modes + ["facts"]:
+                x = run_child(mode, path, args, scratch,
+                              repeat=1 if mode == "open_csv_facts" else args.repeat)
+                if "error" in x or x.get("timed_out"):
+                    raise RuntimeError(f"{mode} on {path} failed: {x}")
+                x["rows_per_s"] = rows / x["seconds"]
+                key = {"read_csv": "bare", "read_csv_all": "bare_all", "facts": "pipeline"}
+                r[key.get(mode, mode)] = x
+                peak = x.get("peak_rss_mib", x.get("peak_pss_mib"))
+                print(f"[{rows:,}] {mode}: {x['seconds']:.2f} s, "
+                      f"{_fmt_rate(x['rows_per_s'])} rows/s, peak {peak:,.0f} MiB", flush=True)
+            r["ratio"] = r["pipeline"]["rows_per_s"] / r["bare"]["rows_per_s"]
+            results.append(r)
+        if not args.skip_assemble:
+            for rows in sorted(int(x) for x in args.assemble_rows.split(",")):
+                path, _ = mrconso_file(data_dir, rows, args.seed)
+                x = run_child("assemble", path, args, scratch, timeout=args.assemble_timeout)
+                x["rows"] = rows
+                if "output_rows" in x:
+                    x["rows_per_s"] = rows / x["seconds"]
+                assemble.append(x)
+                print(f"[{rows:,}] assemble: " + ("timed out" if x.get("timed_out") else
+                                                  f"{x['seconds']:.1f} s"), flush=True)
+                if x.get("timed_out") or x.get("error"):
+                    break
+        text = print_report(results, assemble)
+        total = time.perf_counter() - t_total
+        print(f"\ntotal runtime {total:.0f} s", flush=True)
+        meta = {"command": " ".join([os.path.relpath(sys.executable, REPO), *sys.argv]),
+                "total_seconds": total, "python": platform.python_version(),
+                "pyarrow": pa.__version__, "cpus": os.cpu_count(),
+                "ram_gib": psutil.virtual_memory().total / 2**30,
+                "memory_metric": {"bare": "VmHWM (peak RSS) of the single reading process",
+                                  "pipeline": "peak over time of summed PSS of driver + Ray "
+                                              "system processes + Ray workers"}}
+        try:
+            import ray
+
+            meta["ray"] = ray.__version__
+        except ImportError:
+            pass
+        (out / "ingest_throughput.json").write_text(json.dumps(
+            {"meta": meta, "results": results, "assemble": assemble, "report": text},
+            indent=1, default=str))
+        chart = write_chart(results, out)
+        print(f"wrote {out / 'ingest_throughput.json'}" + (f" and {chart}" if chart else ""))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
