@@ -61,16 +61,19 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from biolord_ray.config import KGConfig  # noqa: E402
 from biolord_ray.kg import umls  # noqa: E402
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_DATA_DIR = "/tmp/biolord_ray_bench"
 MIB = 1024 * 1024
-# The MRCONSO columns umls.read keeps (kept in sync by reading them off the same call site
-# would need running it; they are listed here and checked against umls.MRCONSO below).
+# The MRCONSO columns umls.read keeps (a copy of the list in umls.read, which builds it inline),
+# and the names_to_facts options it passes, from the default KGConfig.
 KEEP = ["CUI", "LAT", "TS", "STT", "ISPREF", "SAB", "TTY", "STR", "SUPPRESS"]
 COLUMNS = umls.MRCONSO + ["_end"]
-NAMES_OPTIONS = {"languages": ["ENG", "en"], "vocabularies": [], "keep_suppressed": False}
+_DEFAULT_KG = KGConfig()
+NAMES_OPTIONS = {"languages": _DEFAULT_KG.languages, "vocabularies": _DEFAULT_KG.vocabularies,
+                 "keep_suppressed": _DEFAULT_KG.keep_suppressed}
 
 # --------------------------------------------------------------------------------------------
 # MRCONSO generator
@@ -197,7 +200,7 @@ def _lookup(values: list[str], idx: np.ndarray) -> pa.Array:
 
 
 def _mrconso_chunk(rng: np.random.Generator, cui: np.ndarray, pos: np.ndarray,
-                   row0: int, pools: tuple[pa.Array, ...]) -> pa.Array:
+                   row0: int, pools: tuple[pa.Array, ...], cui_width: int = 7) -> pa.Array:
     """MRCONSO lines (each ending in '|\\n') for one chunk of rows, as one string array."""
     n = len(cui)
     first = pos == 0
@@ -261,7 +264,7 @@ def _mrconso_chunk(rng: np.random.Generator, cui: np.ndarray, pos: np.ndarray,
     sui = _ids("S", (cui.astype(np.int64) * 11 + variant * 3 + lang) % 10_000_000, 7)
 
     fields = [
-        _ids("C", cui, 7), _lookup(["ENG", "SPA", "FRE"], lang), _lookup(["P", "S"], ts),
+        _ids("C", cui, cui_width), _lookup(["ENG", "SPA", "FRE"], lang), _lookup(["P", "S"], ts),
         lui, _lookup(["PF", "VO", "VC", "VW"], stt), sui, _lookup(["Y", "N"], ispref), aui,
         saui, scui, sdui, _lookup(SABS, sab), _lookup(ENG_TTYS + FOREIGN_TTYS, tty), code,
         text, _lookup([SAB_SRL[s] for s in SABS], sab), _lookup(["N", "O", "E", "Y"], suppress),
@@ -285,8 +288,9 @@ def generate_mrconso(path: Path, rows: int, seed: int, chunk_rows: int = 500_000
     per_cui = rng.integers(3, 6, n_cuis)  # 3, 4 or 5 atoms
     n_cuis = int(np.searchsorted(np.cumsum(per_cui), rows)) + 1
     per_cui = per_cui[:n_cuis]
-    cui_num = 5 + np.cumsum(rng.integers(1, 8, n_cuis))  # sparse, ascending like a release
-    assert cui_num[-1] < 10_000_000
+    # Sparse and ascending like a release (gaps shrink for huge files to stay in C + 7 digits).
+    gap_hi = min(8, max(2, 2 * 9_000_000 // n_cuis))
+    cui_num = 5 + np.cumsum(rng.integers(1, gap_hi, n_cuis))
     cui = np.repeat(cui_num, per_cui)[:rows]
     starts = np.repeat(np.cumsum(per_cui) - per_cui, per_cui)[:rows]
     pos = np.arange(rows) - starts
@@ -296,7 +300,8 @@ def generate_mrconso(path: Path, rows: int, seed: int, chunk_rows: int = 500_000
         for i, row0 in enumerate(range(0, rows, chunk_rows)):
             sl = slice(row0, min(rows, row0 + chunk_rows))
             chunk_rng = np.random.default_rng([seed, i])
-            _write_lines(f, _mrconso_chunk(chunk_rng, cui[sl], pos[sl], row0, pools))
+            _write_lines(f, _mrconso_chunk(chunk_rng, cui[sl], pos[sl], row0, pools,
+                                           max(7, len(str(int(cui_num[-1]))))))
     os.replace(tmp, path)
 
 
@@ -583,8 +588,6 @@ def run_pipeline(path: str, mode: str, num_cpus: int, interval: float, pss_inter
     result: dict = {"mode": mode}
     t = time.perf_counter()
     if mode == "assemble":
-        from biolord_ray.config import KGConfig
-
         meta = tempfile.mkdtemp(prefix="META_", dir=scratch)
         os.symlink(path, os.path.join(meta, "MRCONSO.RRF"))
         open(os.path.join(meta, "MRREL.RRF"), "w").close()
@@ -636,9 +639,28 @@ def run_pipeline(path: str, mode: str, num_cpus: int, interval: float, pss_inter
     result["store_series"] = [(round(x[0] - t_start, 2), round(x[1] / MIB, 1))
                               for x in sampler.store_series if x[0] >= t_start]
     shutil.rmtree(out_dir, ignore_errors=True)
-    if not worker.is_alive():
-        ray.shutdown()
+    _shutdown_ray(ray)
     return result
+
+
+def _shutdown_ray(ray) -> None:
+    """Stop the local Ray instance this process started, and any of its processes (raylet,
+    gcs_server, agents, workers: all descendants of this process) still alive after that,
+    by pid: a run stopped at its deadline must not leave them behind."""
+    try:
+        ours = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        ours = []
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - a job cut off at its deadline may object
+        pass
+    _, alive = psutil.wait_procs(ours, timeout=5)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 BARE_MODES = ("read_csv", "read_csv_all", "open_csv", "open_csv_facts")
@@ -676,8 +698,6 @@ def run_child(mode: str, path: Path, args: argparse.Namespace, scratch: str,
         _kill_tree(proc.pid)
         out, _ = proc.communicate()
         return {"mode": mode, "timed_out": True, "seconds": hard_limit}
-    finally:
-        _kill_leftover_ray(scratch)
     try:
         with open(result) as f:
             res = json.load(f)
@@ -701,21 +721,6 @@ def _kill_tree(pid: int) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(procs, timeout=10)
-
-
-def _kill_leftover_ray(scratch: str) -> None:
-    """Ray processes our child started and left behind (re-parented to init) after a kill:
-    only those whose environment carries this run's scratch marker."""
-    marker = f"BIOLORD_BENCH_SCRATCH={scratch}"
-    for p in psutil.process_iter(["pid", "ppid"]):
-        if p.info["ppid"] != 1 or p.pid == os.getpid():
-            continue
-        try:
-            env = p.environ()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        if f"BIOLORD_BENCH_SCRATCH={env.get('BIOLORD_BENCH_SCRATCH')}" == marker:
-            _kill_tree(p.pid)
 
 
 # --------------------------------------------------------------------------------------------
@@ -935,12 +940,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="PSS sampling period (s); PSS reads cost ~1-5 ms a process")
     ap.add_argument("--no-breakdown", action="store_true",
                     help="skip the read-only pipeline and bare context variants")
-    ap.add_argument("--assemble-rows", default="50000,100000",
+    ap.add_argument("--assemble-rows", default="100000,250000",
                     help="comma-separated rows of the (separate, cached) files for the "
                          "umls.read concept assembly; it runs at a few thousand rows/s, so "
                          "the main sizes would take far longer than --assemble-timeout")
     ap.add_argument("--skip-assemble", action="store_true")
-    ap.add_argument("--assemble-timeout", type=float, default=180.0)
+    ap.add_argument("--assemble-timeout", type=float, default=150.0,
+                    help="seconds each assembly run may take before it is stopped")
     ap.add_argument("--allow-small", action="store_true", help="allow files < 5M rows")
     # internal: one measurement in a fresh process
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -968,7 +974,6 @@ def main(argv=None) -> None:
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="run_", dir=str(data_dir))
-    os.environ["BIOLORD_BENCH_SCRATCH"] = scratch  # inherited by children and their Ray
     try:
         results, assemble = [], []
         files = {}
