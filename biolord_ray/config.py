@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 PRESETS_DIR = Path(__file__).parent / "configs"
+EVAL_SUITES = ("dev", "kg", "files")
 
 
 class ConfigError(ValueError):
@@ -97,6 +99,26 @@ class DefinitionsConfig:
         default_factory=lambda: {"enforce_eager": True, "kv_cache_memory_bytes": 256 << 20,
                                  "max_model_len": 1024}
     )
+    # The prompt template. Its hash (with the caps below) is stored with every definition;
+    # a rerun regenerates only when the template or the model changed. Bump the version
+    # when you change the wording.
+    template_version: str = "v1"
+    system_prompt: str = ("You are a biomedical terminologist who writes concise, factual "
+                          "definitions of medical concepts for a dictionary.")
+    # {name}: the concept's preferred name; {facts}: its facts, one "- relation: target" line
+    # each.
+    user_prompt: str = ('Write a definition of the biomedical concept "{name}" in one or two '
+                        "sentences (about 40 to 60 words). Facts from a knowledge graph:\n"
+                        "{facts}\nAnswer with the definition only.")
+    max_synonyms: int = 3
+    max_parents: int = 3
+    # Other relation types per concept, and target names per relation type.
+    max_relations: int = 6
+    max_targets: int = 3
+    # Answers with fewer words are invalid (too_short).
+    min_words: int = 5
+    # Output rows per Parquet shard; a shard is the unit a killed run resumes from.
+    rows_per_shard: int = 64
 
 
 @dataclass
@@ -129,6 +151,53 @@ class TuneConfig:
 
 
 @dataclass
+class BenchmarkFile:
+    """A file-based pair benchmark: a preset (which knows its columns) and the file's path."""
+
+    # Shown in reports; also used by ``--suite`` and ``--benchmark NAME=PATH``.
+    name: str
+    path: str = input_path()
+    # umnsrs-sim, umnsrs-rel, mayosrs, minimayosrs, ehr-rel, biosses or sts
+    # (the list lives in biolord_ray/evaluation/pairs.py, PRESETS).
+    preset: str = "sts"
+    # Column names, for the sts preset (any CSV/TSV/JSON/JSONL with two texts and a score).
+    text1: str | None = None
+    text2: str | None = None
+    score: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    # Named groups run by default: "dev" (the bundled similarity files), "kg" (entity linking,
+    # definition retrieval and hierarchy from the ingested KG), "files" (``benchmarks``).
+    suites: list[str] = field(default_factory=lambda: ["dev", "kg", "files"])
+    # More file-based benchmarks (UMNSRS, MayoSRS, BIOSSES, ... wherever your copies live).
+    benchmarks: list[BenchmarkFile] = field(default_factory=list)
+    # Entity linking: this fraction of eligible synonyms is held out of the name index (and of
+    # training pairs) and used as queries; chosen by a hash of (seed, concept, text).
+    holdout_fraction: float = 0.1
+    holdout_synonym_types: list[str] = field(default_factory=lambda: ["exact"])
+    seed: int = 13
+    # Caps for the full suite (None: no cap). The index holds every non-held-out name of the
+    # kept concepts; on UMLS-sized KGs cap it (it is embedded and held in memory for search).
+    max_queries: int | None = 2000
+    max_index_concepts: int | None = None
+    max_hierarchy_pairs: int | None = 2000
+    # The fast subset (validation during training, Ray Tune): few queries against a small
+    # index that contains their concepts; scores are comparable between runs, not with the
+    # full suite.
+    fast_max_queries: int = 64
+    fast_index_concepts: int = 256
+    fast_max_pairs: int = 64
+    batch_size: int = 64
+    # Texts sets at least this large are embedded by Ray Data model actors (map_batches)
+    # instead of in the calling process.
+    ray_min_texts: int = 20_000
+    encoder_concurrency: int = 1
+    encoder_num_gpus: float = 0
+
+
+@dataclass
 class PipelineConfig:
     run_dir: str = "runs/tiny"
     ray: RayConfig = field(default_factory=RayConfig)
@@ -138,6 +207,7 @@ class PipelineConfig:
     contrastive: TrainConfig = field(default_factory=TrainConfig)
     distill: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,6 +302,7 @@ def _assign(data: dict[str, Any], keys: list[str], value: Any) -> None:
 
 
 def _origin(origins: dict[str, str], key: str) -> str:
+    key = re.sub(r"\[\d+\]", "", key)  # a list item comes from where its list was set
     for candidate in (key, *_parents(key)):
         if candidate in origins:
             return f" (from {origins[candidate]})"
@@ -319,6 +390,10 @@ def _check_paths(cfg: Any, origins: dict[str, str], prefix: str = "") -> None:
         key = prefix + f.name
         if dataclasses.is_dataclass(value):
             _check_paths(value, origins, key + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    _check_paths(item, origins, f"{key}[{i}].")
         elif f.metadata.get("must_exist") and value is not None and "://" not in value \
                 and not os.path.exists(os.path.expanduser(value)):
             raise ConfigError(f"{key}{_origin(origins, key)}: no such file or directory: {value}")
@@ -337,6 +412,21 @@ def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
     if kg.max_concepts is not None and kg.max_concepts <= 0:
         raise ConfigError(f"kg.max_concepts{_origin(origins, 'kg.max_concepts')}: must be "
                           "positive, or null to keep every concept")
+    ev = cfg.eval
+    if not 0 < ev.holdout_fraction < 1:
+        raise ConfigError(f"eval.holdout_fraction{_origin(origins, 'eval.holdout_fraction')}: "
+                          "must be between 0 and 1 (exclusive)")
+    unknown = sorted(set(ev.suites) - set(EVAL_SUITES))
+    if unknown:
+        raise ConfigError(f"eval.suites{_origin(origins, 'eval.suites')}: unknown suite(s) "
+                          f"{', '.join(unknown)}; known: {', '.join(EVAL_SUITES)}")
+    from biolord_ray.evaluation.pairs import PRESETS  # stdlib-only module, cheap to import
+
+    for i, bench in enumerate(ev.benchmarks):
+        if bench.preset not in PRESETS:
+            key = f"eval.benchmarks[{i}].preset"
+            raise ConfigError(f"{key}{_origin(origins, key)}: unknown preset {bench.preset!r}; "
+                              f"known: {', '.join(PRESETS)}")
     for name in ("contrastive", "distill"):
         train = getattr(cfg, name)
         if train.num_workers < 1:

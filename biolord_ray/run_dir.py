@@ -80,14 +80,25 @@ class RunDir:
         manifest["stages"][stage] = record
         self.write_json(manifest, MANIFEST)
 
-    def output(self, stage: str, name: str) -> str:
-        """Path of a completed stage's output; a clear error if the stage has not completed."""
+    def completed(self, stage: str) -> dict[str, Any]:
+        """The manifest record of a completed stage; a clear error if it has not completed."""
         record = self.stage_record(stage)
         if not record or record["status"] != "complete":
             state = record["status"] if record else "never run"
             raise FileNotFoundError(f"{self.uri}: stage '{stage}' is not complete ({state}); "
                                     f"run it first")
-        return self.path(stage, record["outputs"][name])
+        return record
+
+    def output(self, stage: str, name: str) -> str:
+        """Path of a completed stage's output."""
+        return self.path(stage, self.completed(stage)["outputs"][name])
+
+    def stage_identity(self, stage: str) -> dict[str, Any]:
+        """What a downstream stage records as its input: the upstream stage's config hash and
+        completion time, so a rerun of the upstream stage makes the downstream one rerun."""
+        record = self.completed(stage)
+        return {"stage": stage, "config_hash": record["config_hash"],
+                "finished_at": record["finished_at"]}
 
 
 def fingerprint(uri_or_path: str) -> dict[str, Any]:
@@ -162,6 +173,18 @@ def _is_complete(run_dir: RunDir, stage: str, record: dict | None, wanted: dict)
     if any(record.get(k) != v for k, v in wanted.items()):
         return False
     return all(run_dir.exists(stage, rel) for rel in record["outputs"].values())
+
+
+def write_parquet(ds, path: str, fs: pafs.FileSystem, schema, min_rows_per_file: int = 100_000):
+    """Write a Ray Dataset as Parquet; an empty dataset still leaves a file with the schema."""
+    import pyarrow.parquet as pq
+
+    ds.write_parquet(path, filesystem=fs, min_rows_per_file=min_rows_per_file)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        # Ray Data writes no file for an empty dataset; readers still need the schema.
+        fs.create_dir(path)
+        with fs.open_output_stream(f"{path}/empty.parquet") as f:
+            pq.write_table(schema.empty_table(), f)
 
 
 def _delete_dir(fs: pafs.FileSystem, path: str) -> None:

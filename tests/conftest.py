@@ -17,3 +17,17 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
+
+
+@pytest.fixture(scope="session")
+def hpo_run(ray_local, tmp_path_factory):
+    """A run directory holding ingest_kg of the bundled HPO's first 400 concepts (real data)."""
+    from biolord_ray.config import load_config
+    from biolord_ray.kg import ingest
+    from biolord_ray.run_dir import RunDir
+
+    path = tmp_path_factory.mktemp("hpo_run")
+    cfg = load_config(None, ["kg.format=hpo", "kg.max_concepts=400", "kg.shuffle_partitions=2",
+                             f"run_dir={path}"])
+    record = ingest.run(cfg, RunDir(cfg.run_dir))
+    return cfg, RunDir(cfg.run_dir), record

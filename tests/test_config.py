@@ -106,3 +106,28 @@ def test_config_hash_tracks_values():
     assert config_hash(a.kg) == config_hash(load_config().kg)
     assert config_hash(a.kg) != config_hash(b.kg)
     assert config_hash(a.contrastive) == config_hash(b.contrastive)
+
+
+def test_eval_benchmark_files_from_yaml(tmp_path):
+    umnsrs = tmp_path / "UMNSRS_sim.csv"
+    umnsrs.write_text('"Mean","Stdev","Term1","Term2","CUI1","CUI2"\n')
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"eval:\n  benchmarks:\n    - {{name: umnsrs, preset: umnsrs-sim, "
+                      f"path: {umnsrs}}}\n    - {{name: mine, path: {tmp_path}/gone.tsv}}\n")
+    with pytest.raises(ConfigError, match=rf"eval.benchmarks\[1\].path \(from {config}\): "
+                                          "no such file"):
+        load_config(str(config))
+    config.write_text(f"eval:\n  benchmarks:\n    - {{name: umnsrs, preset: umnsrs-sim, "
+                      f"path: {umnsrs}}}\n")
+    bench = load_config(str(config)).eval.benchmarks[0]
+    assert (bench.name, bench.preset, bench.path) == ("umnsrs", "umnsrs-sim", str(umnsrs))
+
+
+def test_eval_settings_are_checked():
+    with pytest.raises(ConfigError, match="eval.suites .*unknown suite.*kgg; known: dev, kg"):
+        load_config(None, ["eval.suites=[dev, kgg]"])
+    with pytest.raises(ConfigError, match="eval.holdout_fraction .*between 0 and 1"):
+        load_config(None, ["eval.holdout_fraction=1.5"])
+    with pytest.raises(ConfigError, match=r"eval.benchmarks\[0\].preset .*unknown preset "
+                                          "'umnsrs'; known: umnsrs-sim"):
+        load_config(None, [f"eval.benchmarks=[{{name: u, preset: umnsrs, path: {__file__}}}]"])

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from biolord_ray.config import load_config
 from biolord_ray.kg import ingest
 from biolord_ray.kg.schema import CONCEPT_SCHEMA, RELATION_SCHEMA
-from biolord_ray.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,11 +51,9 @@ def test_config_error_stops_before_ray(tmp_path):
     assert not (tmp_path / "manifest.json").exists()
 
 
-def test_bundled_hpo(tmp_path, ray_local):
-    cfg = load_config(None, ["kg.format=hpo", "kg.max_concepts=400", "kg.shuffle_partitions=2",
-                             f"run_dir={tmp_path}"])
-    record = ingest.run(cfg, RunDir(cfg.run_dir))
-    concepts = ingest.read_concepts(RunDir(cfg.run_dir)).to_pylist()
+def test_bundled_hpo(hpo_run):
+    _, run_dir, record = hpo_run
+    concepts = ingest.read_concepts(run_dir).to_pylist()
     assert record["counts"]["concepts"] == len(concepts) == 400
     assert concepts[0]["concept_id"] == "HP:0000001"
     assert sum(bool(c["definitions"]) for c in concepts) > 200

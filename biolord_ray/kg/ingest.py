@@ -13,7 +13,6 @@ import importlib
 import logging
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from biolord_ray.config import KGConfig, PipelineConfig
@@ -21,7 +20,7 @@ from biolord_ray.kg import mondo, obo
 from biolord_ray.kg.errors import KGFormatError
 from biolord_ray.kg.schema import CONCEPT_SCHEMA, RELATION_SCHEMA
 from biolord_ray.kg.tables import KGTables, located_read_errors
-from biolord_ray.run_dir import RunDir, StageOutputs, fingerprint, run_stage
+from biolord_ray.run_dir import RunDir, StageOutputs, fingerprint, run_stage, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +62,11 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
         concepts = tables.concepts
         if cfg.max_concepts is not None:
             concepts = concepts.sort("concept_id").limit(cfg.max_concepts)
-        _write_parquet(concepts, f"{staging}/concepts", fs, CONCEPT_SCHEMA, cfg)
+        write_parquet(concepts, f"{staging}/concepts", fs, CONCEPT_SCHEMA, cfg.rows_per_file)
         # Relations are deduplicated (UMLS states one relation once per source vocabulary)
         # and written aside before filtering, so their count costs no second read of MRREL.
-        _write_parquet(_dedupe_relations(tables.relations, cfg.shuffle_partitions),
-                       f"{staging}/_all_relations", fs, RELATION_SCHEMA, cfg)
+        write_parquet(_dedupe_relations(tables.relations, cfg.shuffle_partitions),
+                      f"{staging}/_all_relations", fs, RELATION_SCHEMA, cfg.rows_per_file)
 
     import ray.data
 
@@ -84,8 +83,8 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
         kept = kept.join(ids, "left_semi", num_partitions=cfg.shuffle_partitions,
                          on=(end,), right_on=("concept_id",))
     # polars (behind Dataset.join) widens strings to large_string; keep the declared schema.
-    _write_parquet(kept.map_batches(_cast_relations, batch_format="pyarrow"),
-                   f"{staging}/relations", fs, RELATION_SCHEMA, cfg)
+    write_parquet(kept.map_batches(_cast_relations, batch_format="pyarrow"),
+                  f"{staging}/relations", fs, RELATION_SCHEMA, cfg.rows_per_file)
     fs.delete_dir(f"{staging}/_all_relations")
     n_relations = ray.data.read_parquet(f"{staging}/relations", filesystem=fs).count()
     dropped = "relations_outside_slice" if cfg.max_concepts is not None else "dangling_relations"
@@ -93,15 +92,6 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
                   **{dropped: n_all_relations - n_relations})
     log.info("ingest_kg: %s", counts)
     return StageOutputs(outputs={"concepts": "concepts", "relations": "relations"}, counts=counts)
-
-
-def _write_parquet(ds, path: str, fs, schema: pa.Schema, cfg: KGConfig) -> None:
-    ds.write_parquet(path, filesystem=fs, min_rows_per_file=cfg.rows_per_file)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        # Ray Data writes no file for an empty dataset; readers still need the schema.
-        fs.create_dir(path)
-        with fs.open_output_stream(f"{path}/empty.parquet") as f:
-            pq.write_table(schema.empty_table(), f)
 
 
 def _dedupe_relations(relations, num_partitions: int):

@@ -1,0 +1,109 @@
+"""Loading a model to evaluate, and embedding texts with it (in process or on Ray Data actors)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from biolord_ray.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+# Where an exported model lives inside a platform checkpoint or stage output directory.
+EXPORT_SUBDIR = "model"
+
+
+def sentence_model_dir(spec: str, cache_dir: str | None = None,
+                       trust_remote_code: bool = False) -> str:
+    """The directory to load for ``spec``: a sentence-transformers model, a plain transformers
+    model (loaded with mean pooling), or a platform checkpoint holding one in ``model/``."""
+    path = Path(resolve_model(spec, cache_dir, trust_remote_code))
+    if not (path / "modules.json").exists() and (path / EXPORT_SUBDIR / "modules.json").exists():
+        path = path / EXPORT_SUBDIR
+    if not (path / "modules.json").exists() and not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: not a model directory (no modules.json or config.json; "
+                                f"a platform checkpoint keeps its model in {EXPORT_SUBDIR}/)")
+    return str(path)
+
+
+def load_sentence_model(model_dir: str, device: str | None = None,
+                        trust_remote_code: bool = False):
+    from sentence_transformers import SentenceTransformer
+
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return SentenceTransformer(model_dir, device=device, trust_remote_code=trust_remote_code)
+
+
+class Embedder:
+    """Unit-length embeddings of texts with one model.
+
+    Small text sets are embedded in this process with ``model``; sets of ``ray_min_texts`` or
+    more are spread over Ray Data actors that each load ``model_dir`` (``map_batches`` with a
+    callable class), which is how hundreds of thousands of UMLS names get embedded on a cluster.
+    """
+
+    def __init__(self, model, model_dir: str | None = None, batch_size: int = 64,
+                 ray_min_texts: int = 20_000, concurrency: int = 1, num_gpus: float = 0):
+        self.model = model
+        self.model_dir = model_dir
+        self.batch_size = batch_size
+        self.ray_min_texts = ray_min_texts
+        self.concurrency = concurrency
+        self.num_gpus = num_gpus
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        # Tasks share texts (both retrieval tasks search the same name index): each distinct
+        # text is embedded once per model, until clear().
+        new = sorted(set(texts) - self._cache.keys())
+        if new:
+            if self.model_dir is not None and len(new) >= self.ray_min_texts:
+                vectors = self._embed_on_ray(new)
+            else:
+                vectors = self.model.encode(new, batch_size=self.batch_size,
+                                            normalize_embeddings=True, convert_to_numpy=True,
+                                            show_progress_bar=len(new) > 5000)
+            self._cache.update(zip(new, vectors.astype(np.float32, copy=False), strict=True))
+        return np.stack([self._cache[t] for t in texts])
+
+    def clear(self) -> None:
+        """Forget cached embeddings (call it when the model's weights change)."""
+        self._cache = {}
+
+    def _embed_on_ray(self, texts: list[str]) -> np.ndarray:
+        import pyarrow as pa
+        import ray.data
+
+        log.info("embedding %d texts on %d Ray Data actor(s)", len(texts), self.concurrency)
+        ds = ray.data.from_arrow(pa.table({"row": np.arange(len(texts)), "text": texts}))
+        ds = ds.repartition(max(self.concurrency * 4, len(texts) // 20_000))
+        out = ds.map_batches(
+            EncoderActor, fn_constructor_kwargs={"model_dir": self.model_dir,
+                                                 "batch_size": self.batch_size},
+            batch_size=max(self.batch_size * 8, 256), concurrency=self.concurrency,
+            num_gpus=self.num_gpus, num_cpus=None if self.num_gpus else 1,
+            batch_format="numpy")
+        vectors = np.empty((len(texts), self.model.get_embedding_dimension()),
+                           dtype=np.float32)
+        for batch in out.iter_batches(batch_format="numpy", batch_size=None):
+            vectors[batch["row"]] = batch["embedding"]
+        return vectors
+
+
+class EncoderActor:
+    """A Ray Data actor holding one copy of the model (loaded once, reused for every batch)."""
+
+    def __init__(self, model_dir: str, batch_size: int):
+        # Ray sets OMP_NUM_THREADS to the actor's num_cpus, so torch uses only its share.
+        self.model = load_sentence_model(model_dir)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        vectors = self.model.encode(list(batch["text"]), batch_size=self.batch_size,
+                                    normalize_embeddings=True, convert_to_numpy=True)
+        return {"row": batch["row"], "embedding": vectors.astype(np.float32)}

@@ -1,0 +1,95 @@
+"""The evaluation report: results.json, a Markdown table and a PNG chart (models x benchmarks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRIC_COLUMNS = {
+    "similarity": ["spearman", "pearson", "n_pairs", "n_skipped"],
+    "retrieval": ["acc@1", "acc@5", "mrr@10", "n_queries", "n_index_concepts"],
+    "hierarchy": ["roc_auc", "n_pairs", "n_positive"],
+}
+
+
+def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report`` (``{"models": {label: {"benchmarks": {name: metrics}}}, ...}``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md",
+             "png": out / "results.png"}
+    paths["json"].write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    paths["markdown"].write_text(markdown(report))
+    plot(report, paths["png"])
+    return paths
+
+
+def _benchmarks(report: dict) -> list[tuple[str, dict]]:
+    """(name, metrics of the first model that has it), in first-seen order."""
+    seen: dict[str, dict] = {}
+    for model in report["models"].values():
+        for name, result in model["benchmarks"].items():
+            seen.setdefault(name, result)
+    return list(seen.items())
+
+
+def markdown(report: dict) -> str:
+    benchmarks = _benchmarks(report)
+    models = report["models"]
+    mode = "fast subset" if report.get("fast") else "full suite"
+    lines = [f"# Evaluation ({mode})", "",
+             "Main metric per benchmark: Spearman for similarity files, accuracy@1 for KG "
+             "retrieval, ROC AUC for the KG hierarchy.", "",
+             "| model | " + " | ".join(f"{n} ({r['main_metric']})" for n, r in benchmarks)
+             + " | mean |",
+             "|---|" + "---:|" * (len(benchmarks) + 1)]
+    for label, model in models.items():
+        cells = [_fmt(model["benchmarks"].get(n, {}).get(r["main_metric"]))
+                 for n, r in benchmarks]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(model.get('score'))} |")
+    for name, first in benchmarks:
+        columns = METRIC_COLUMNS[first["kind"]]
+        lines += ["", f"## {name}", "", "| model | " + " | ".join(columns) + " |",
+                  "|---|" + "---:|" * len(columns)]
+        for label, model in models.items():
+            result = model["benchmarks"].get(name, {})
+            lines.append(f"| {label} | " + " | ".join(_fmt(result.get(c)) for c in columns)
+                         + " |")
+    lines += ["", "Models:", ""] + [f"- {label}: `{m['spec']}`" for label, m in models.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    benchmarks = _benchmarks(report)
+    labels = list(report["models"])
+    width = 0.8 / max(len(labels), 1)
+    x = np.arange(len(benchmarks))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(benchmarks) + 2), 4.2))
+    for i, label in enumerate(labels):
+        results = report["models"][label]["benchmarks"]
+        values = [results.get(n, {}).get(r["main_metric"], np.nan) for n, r in benchmarks]
+        bars = ax.bar(x + (i - (len(labels) - 1) / 2) * width, values, width, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(x, [f"{n}\n({r['main_metric']})" for n, r in benchmarks], fontsize=8)
+    ax.set_ylabel("score (main metric)")
+    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.05)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Evaluation" + (" (fast subset)" if report.get("fast") else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
