@@ -104,7 +104,7 @@ class DefinitionsConfig:
                                  "max_model_len": 1024}
     )
     # CPUs reserved by each helper step around the engine (chat template, tokenize,
-    # detokenize actors; pre/post-processing and read tasks). Ray's default of 1 each would
+    # detokenize actors; pre/post-processing and write tasks). Ray's default of 1 each would
     # leave no CPU for the engine on a small node.
     helper_cpus: float = 0.25
     # The prompt template. Its hash (with the caps below) is stored with every definition;
@@ -127,6 +127,19 @@ class DefinitionsConfig:
     min_words: int = 5
     # Output rows per Parquet shard; a shard is the unit a killed run resumes from.
     rows_per_shard: int = 64
+
+
+@dataclass
+class PairsConfig:
+    # Pairs kept per concept (a seeded choice among names x definitions/descriptions).
+    max_pairs_per_concept: int = 16
+    # Share of concepts whose pairs go to validation instead of training.
+    validation_fraction: float = 0.05
+    # Also pair names with a BioLORD-2022-style description verbalised from the KG.
+    descriptions: bool = True
+    # Train on generated definitions flagged invalid too (off by default).
+    keep_invalid_definitions: bool = False
+    seed: int = 0
 
 
 @dataclass
@@ -212,6 +225,7 @@ class PipelineConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     kg: KGConfig = field(default_factory=KGConfig)
     definitions: DefinitionsConfig = field(default_factory=DefinitionsConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     contrastive: TrainConfig = field(default_factory=TrainConfig)
     distill: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)

@@ -57,6 +57,7 @@ N_CONCEPTS = 40
 def _job_args(run_dir: Path) -> list[str]:
     return [sys.executable, str(ROOT / "jobs" / "generate_definitions.py"), "--run-dir",
             str(run_dir), "--set", f"kg.max_concepts={N_CONCEPTS}", "--set", "ray.num_cpus=2",
+            "--set", "definitions.only_missing=false",
             "--set", "definitions.batch_size=4", "--set", "definitions.rows_per_shard=4",
             # One batch at a time, so shards land one by one and the kill finds some written.
             "--set", "definitions.max_concurrent_batches=1"]

@@ -190,3 +190,6 @@ def test_definition_prompts_from_snomed_facts():
                                   DefinitionsConfig(only_missing=True), 2).take_all()
     assert {r["concept_id"] for r in only_missing} == {
         cid for cid, r in prompts.items() if not r["has_definition"]}
+    # Facts still name related concepts that have a definition.
+    assert {r["concept_id"]: r["user_prompt"] for r in only_missing} == {
+        r["concept_id"]: prompts[r["concept_id"]]["user_prompt"] for r in only_missing}

@@ -96,20 +96,27 @@ def build_prompts(batch: pa.Table, cfg: DefinitionsConfig) -> pa.Table:
 
 def prompt_dataset(concepts, relations, cfg: DefinitionsConfig, num_partitions: int):
     """Lazy Ray Dataset of prompts (PROMPT_SCHEMA) for the concepts ``cfg`` selects."""
-    if cfg.only_missing:
-        concepts = concepts.filter(lambda row: len(row["definitions"]) == 0)
+    selected = concepts.filter(lambda row: len(row["definitions"]) == 0) \
+        if cfg.only_missing else concepts
+    joined = with_facts(selected, concepts, relations, cfg.max_parents, cfg.max_relations,
+                        cfg.max_targets, num_partitions)
+    return joined.map_batches(build_prompts, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
+
+
+def with_facts(selected, concepts, relations, max_parents: int, max_relations: int,
+               max_targets: int, num_partitions: int):
+    """``selected`` concepts with two more columns, ``relations`` and ``targets`` (their
+    sorted, capped facts; see ``collect_facts``); target names come from ``concepts``."""
     if relations.count() == 0:
         # Ray Data's hash join fails on an input without rows (it loses the schema); with no
         # relations there are no facts to gather anyway.
-        return concepts.map_batches(build_prompts, batch_format="pyarrow",
-                                    fn_kwargs={"cfg": cfg})
+        return selected
     names = concepts.select_columns(["concept_id", "preferred_name"]).rename_columns(
         {"concept_id": "tail_id", "preferred_name": "tail_name"})
     facts = relations.join(names, "inner", num_partitions=num_partitions, on=("tail_id",)) \
         .groupby("head_id", num_partitions=num_partitions).map_groups(
             collect_facts, batch_format="pyarrow", fn_kwargs={
-                "max_parents": cfg.max_parents, "max_relations": cfg.max_relations,
-                "max_targets": cfg.max_targets})
-    joined = concepts.join(facts, "left_outer", num_partitions=num_partitions,
-                           on=("concept_id",), right_on=("head_id",))
-    return joined.map_batches(build_prompts, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
+                "max_parents": max_parents, "max_relations": max_relations,
+                "max_targets": max_targets})
+    return selected.join(facts, "left_outer", num_partitions=num_partitions,
+                         on=("concept_id",), right_on=("head_id",))

@@ -1,0 +1,147 @@
+"""Stage ``build_pairs``: contrastive training pairs from the KG and the definitions.
+
+For each concept, every name (preferred name and synonyms) is paired with
+
+* each of its definitions: human ones (tagged with their vocabulary) and valid generated
+  ones (tagged ``llm``), kind ``definition``;
+* its KG description in the BioLORD-2022 style, kind ``description``: short sentences
+  verbalised from its relations ("X is a kind of Y. X has finding site Z.").
+
+Pairs are de-duplicated, capped per concept (a seeded choice), split into train and
+validation **by concept** (no concept on both sides) and shuffled. The entity-linking
+synonyms and definitions held out by ``eval_sets`` never become pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import pyarrow as pa
+
+from biolord_ray.config import PipelineConfig
+from biolord_ray.definitions import generate
+from biolord_ray.definitions.prompts import relation_label, with_facts
+from biolord_ray.evaluation import kg_sets
+from biolord_ray.kg import ingest
+from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
+
+log = logging.getLogger(__name__)
+
+STAGE = "build_pairs"
+
+PAIR_SCHEMA = pa.schema([
+    ("concept_id", pa.string()),
+    ("anchor", pa.string()),     # a name of the concept
+    ("positive", pa.string()),   # a definition or KG description of the same concept
+    ("kind", pa.string()),       # "definition" or "description"
+    ("source", pa.string()),     # the definition's vocabulary, "llm", or "kg"
+])
+
+
+def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
+    inputs = {"kg": run_dir.stage_identity(ingest.STAGE),
+              "eval_sets": run_dir.stage_identity(kg_sets.STAGE)}
+    if run_dir.stage_record(generate.STAGE):
+        inputs["definitions"] = run_dir.stage_identity(generate.STAGE)
+    return run_stage(run_dir, STAGE, cfg.pairs, inputs,
+                     lambda staging: _build(cfg, run_dir, staging), force=force)
+
+
+def _hash01(seed: int, *parts: str) -> float:
+    digest = hashlib.blake2b("\x1f".join([str(seed), *parts]).encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2.0**64
+
+
+def description(name: str, relations: list[str], targets: list[str]) -> str:
+    """BioLORD-2022-style KG description: one short sentence per relation type."""
+    return " ".join(f"{name} {relation_label(r)} {t.replace('; ', ', ')}."
+                    for r, t in zip(relations, targets, strict=True))
+
+
+def make_pairs(batch: pa.Table, max_per_concept: int, seed: int,
+               use_descriptions: bool) -> pa.Table:
+    """Concept rows (with facts and generated definitions) -> capped, de-duplicated pairs."""
+    rows = {name: [] for name in [*PAIR_SCHEMA.names, "anchor_key"]}
+    columns = batch.to_pydict()
+    for i, concept_id in enumerate(columns["concept_id"]):
+        name = columns["preferred_name"][i]
+        names = list(dict.fromkeys(
+            [name] + [s["text"] for s in columns["synonyms"][i] or []
+                      if s["type"] not in ("broad", "narrow", "related", "other_language")]))
+        positives = [(d["text"], "definition", d["source"])
+                     for d in columns["definitions"][i] or [] if (d["text"] or "").strip()]
+        if columns.get("generated") and columns["generated"][i]:
+            positives.append((columns["generated"][i], "definition", generate.SOURCE))
+        relations = (columns.get("relations") or [None] * len(batch))[i]
+        if use_descriptions and relations:
+            positives.append((description(name, relations, columns["targets"][i]),
+                              "description", "kg"))
+        pairs = {(anchor.strip(), text.strip()): (kind, source) for anchor in names
+                 for text, kind, source in positives}
+        chosen = sorted(pairs, key=lambda p: _hash01(seed, concept_id, *p))[:max_per_concept]
+        for anchor, positive in chosen:
+            kind, source = pairs[(anchor, positive)]
+            for key, value in zip(PAIR_SCHEMA.names,
+                                  (concept_id, anchor, positive, kind, source), strict=True):
+                rows[key].append(value)
+            rows["anchor_key"].append(kg_sets.normalise(anchor))
+    return pa.table(rows, schema=PAIR_SCHEMA.append(pa.field("anchor_key", pa.string())))
+
+
+def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
+    import ray.data
+
+    pcfg, fs, parts = cfg.pairs, run_dir.fs, cfg.kg.shuffle_partitions
+    concepts = ray.data.read_parquet(run_dir.output(ingest.STAGE, "concepts"), filesystem=fs)
+    relations = ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations"), filesystem=fs)
+    dcfg = cfg.definitions
+    rows = with_facts(concepts, concepts, relations, dcfg.max_parents, dcfg.max_relations,
+                      dcfg.max_targets, parts)
+    if run_dir.stage_record(generate.STAGE):
+        generated = ray.data.read_parquet(run_dir.output(generate.STAGE, "definitions"),
+                                          filesystem=fs) \
+            .filter(lambda r: r["valid"] or pcfg.keep_invalid_definitions) \
+            .select_columns(["concept_id", "definition"]) \
+            .rename_columns({"concept_id": "generated_id", "definition": "generated"})
+        if generated.count():
+            rows = rows.join(generated, "left_outer", num_partitions=parts,
+                             on=("concept_id",), right_on=("generated_id",))
+    pairs = rows.map_batches(make_pairs, batch_format="pyarrow", fn_kwargs={
+        "max_per_concept": pcfg.max_pairs_per_concept, "seed": pcfg.seed,
+        "use_descriptions": pcfg.descriptions})
+    pairs = _without_held_out(pairs, run_dir, parts)
+    in_validation = _validation_filter(pcfg.validation_fraction, pcfg.seed)
+    split = {"train": pairs.filter(lambda r: not in_validation(r["concept_id"])),
+             "validation": pairs.filter(lambda r: in_validation(r["concept_id"]))}
+    counts = {}
+    for name, ds in split.items():
+        write_parquet(ds.random_shuffle(seed=pcfg.seed), f"{staging}/{name}", fs, PAIR_SCHEMA,
+                      cfg.kg.rows_per_file)
+        written = ray.data.read_parquet(f"{staging}/{name}", filesystem=fs)
+        counts[f"{name}_pairs"] = written.count()
+        counts[f"{name}_concepts"] = len(written.unique("concept_id"))
+    log.info("build_pairs: %s", counts)
+    return StageOutputs(outputs={"train": "train", "validation": "validation"}, counts=counts)
+
+
+def _validation_filter(fraction: float, seed: int):
+    return lambda concept_id: _hash01(seed, concept_id, "validation") < fraction
+
+
+def _without_held_out(pairs, run_dir: RunDir, parts: int):
+    """Drop pairs whose name (in any case or word order) or definition is held out for
+    evaluation, with anti-joins; returns PAIR_SCHEMA rows."""
+    import ray.data
+
+    fs = run_dir.fs
+    names = ray.data.read_parquet(run_dir.output(kg_sets.STAGE, "names"), filesystem=fs) \
+        .filter(lambda r: r["held_out"]) \
+        .map(lambda r: {"concept_id": r["concept_id"], "text": kg_sets.normalise(r["text"])})
+    definitions = ray.data.read_parquet(run_dir.output(kg_sets.STAGE, "definitions"),
+                                        filesystem=fs).select_columns(["concept_id", "text"])
+    for held, column in ((names, "anchor_key"), (definitions, "positive")):
+        if held.count():
+            pairs = pairs.join(held, "left_anti", num_partitions=parts,
+                               on=("concept_id", column), right_on=("concept_id", "text"))
+    return pairs.select_columns(PAIR_SCHEMA.names)
