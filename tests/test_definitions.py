@@ -129,3 +129,29 @@ def test_generation_killed_midway_resumes_without_loss_or_duplicates(tmp_path):
         assert r["prompt_tokens"] > 20 and r["output_tokens"] > 0
         assert r["valid"] == (r["reason"] == "")
     assert not (run_dir / "_work" / "generate_definitions").exists()
+
+
+def test_answer_metrics_reach_the_node_metrics_endpoint(ray_local):
+    """Counters incremented in Ray workers appear on the node's Prometheus endpoint, which
+    is what the dashboard's metrics view and Prometheus/Grafana read."""
+    import urllib.request
+
+    import ray
+
+    from biolord_ray.definitions import generate
+
+    @ray.remote(num_cpus=0)
+    def answer(reason, tokens):
+        generate._record_answer(reason, tokens)
+
+    ray.get([answer.remote("", 12), answer.remote("off_topic", 5)])
+    port = ray.nodes()[0]["MetricsExportPort"]
+    deadline, lines = time.time() + 60, []
+    while time.time() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        lines = [line for line in text.splitlines()
+                 if line.startswith("ray_biolord_definitions_generated_total")]
+        if all(any(f'outcome="{o}"' in line for line in lines) for o in ("valid", "off_topic")):
+            return
+        time.sleep(1)
+    raise AssertionError(f"biolord metrics not exported; found {lines}")

@@ -110,7 +110,8 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     pairs = rows.map_batches(make_pairs, batch_format="pyarrow", fn_kwargs={
         "max_per_concept": pcfg.max_pairs_per_concept, "seed": pcfg.seed,
         "use_descriptions": pcfg.descriptions})
-    pairs = _without_held_out(pairs, run_dir, parts)
+    # Materialised once: both splits read it (lazily, the joins above would run twice).
+    pairs = _without_held_out(pairs, run_dir, parts).materialize()
     in_validation = _validation_filter(pcfg.validation_fraction, pcfg.seed)
     split = {"train": pairs.filter(lambda r: not in_validation(r["concept_id"])),
              "validation": pairs.filter(lambda r: in_validation(r["concept_id"]))}
