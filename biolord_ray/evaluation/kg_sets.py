@@ -61,9 +61,9 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
                      lambda staging: _build(cfg.eval, run_dir, staging), force=force)
 
 
-def draw(seed: int, concept_id: str, text: str) -> float:
-    """A uniform number in [0, 1) fixed by (seed, concept, text)."""
-    digest = hashlib.blake2b(f"{seed}\x1f{concept_id}\x1f{text}".encode(), digest_size=8)
+def draw(seed: int, *parts: str) -> float:
+    """A uniform number in [0, 1) fixed by the seed and ``parts`` (concept, text, ...)."""
+    digest = hashlib.blake2b("\x1f".join([str(seed), *parts]).encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "big") / 2.0**64
 
 

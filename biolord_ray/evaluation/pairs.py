@@ -20,7 +20,7 @@ BUNDLED_DIR = Path(__file__).parent / "data"
 class EvalFormatError(ValueError):
     """A benchmark file that does not match its preset; the message says where and why."""
 
-    def __init__(self, path: str | Path, message: str, line: int | None = None):
+    def __init__(self, path: str | Path, message: str, line: int | str | None = None):
         self.path, self.line = str(path), line
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {message}")
@@ -29,7 +29,7 @@ class EvalFormatError(ValueError):
         return (_rebuild_error, (self.path, self.args[0], self.line))
 
 
-def _rebuild_error(path: str, full_message: str, line: int | None) -> EvalFormatError:
+def _rebuild_error(path: str, full_message: str, line: int | str | None) -> EvalFormatError:
     err = EvalFormatError.__new__(EvalFormatError)
     ValueError.__init__(err, full_message)
     err.path, err.line = path, line

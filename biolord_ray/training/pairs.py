@@ -14,7 +14,6 @@ synonyms and definitions held out by ``eval_sets`` never become pairs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import pyarrow as pa
@@ -48,11 +47,6 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
                      lambda staging: _build(cfg, run_dir, staging), force=force)
 
 
-def _hash01(seed: int, *parts: str) -> float:
-    digest = hashlib.blake2b("\x1f".join([str(seed), *parts]).encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big") / 2.0**64
-
-
 def description(name: str, relations: list[str], targets: list[str]) -> str:
     """BioLORD-2022-style KG description: one short sentence per relation type."""
     return " ".join(f"{name} {relation_label(r)} {t.replace('; ', ', ')}."
@@ -79,7 +73,7 @@ def make_pairs(batch: pa.Table, max_per_concept: int, seed: int,
                               "description", "kg"))
         pairs = {(anchor.strip(), text.strip()): (kind, source) for anchor in names
                  for text, kind, source in positives}
-        chosen = sorted(pairs, key=lambda p: _hash01(seed, concept_id, *p))[:max_per_concept]
+        chosen = sorted(pairs, key=lambda p: kg_sets.draw(seed, concept_id, *p))[:max_per_concept]
         for anchor, positive in chosen:
             kind, source = pairs[(anchor, positive)]
             for key, value in zip(PAIR_SCHEMA.names,
@@ -127,7 +121,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
 
 
 def _validation_filter(fraction: float, seed: int):
-    return lambda concept_id: _hash01(seed, concept_id, "validation") < fraction
+    return lambda concept_id: kg_sets.draw(seed, concept_id, "validation") < fraction
 
 
 def _without_held_out(pairs, run_dir: RunDir, parts: int):
