@@ -147,19 +147,45 @@ class TrainConfig:
     """Shared by the contrastive and distillation phases (each has its own section)."""
 
     base_model: str = "packaged:all-MiniLM-L6-v2"
+    # Ray Train workers (one process each; one GPU each when use_gpu).
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 0.9
+    # Half a CPU per worker on the embedded default leaves a whole CPU for the Ray Data tasks
+    # that stream the rows to the workers (a file-listing or read task asks for 1 CPU; with
+    # none free the workers would wait for data forever).
+    cpus_per_worker: float = 0.5
+    # Per worker. The contrastive loss gathers negatives across workers, so a step sees
+    # batch_size x num_workers pairs.
     batch_size: int = 32
-    lr: float = 2e-5
+    lr: float = 5e-5
+    weight_decay: float = 0.01
     epochs: int = 1
-    max_steps: int | None = None
+    # Stop after this many optimiser steps (None: run every epoch). The embedded default
+    # trains 60 steps of 64 pairs (about half an epoch of its 8k pairs; 2 CPU workers train
+    # about 15 pairs/s).
+    max_steps: int | None = 60
+    # Linear warm-up over this share of the steps, then linear decay to 0.
     warmup_ratio: float = 0.1
     max_seq_length: int = 64
+    # DeepSpeed: ZeRO stage, precision (bf16 on GPU; fp32 or bf16 on CPU), accumulation and
+    # clipping. ``deepspeed`` is merged over the generated DeepSpeed config, for anything else
+    # (e.g. {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}).
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["fp32", "bf16"] = "fp32"
     grad_accumulation: int = 1
     grad_clip: float = 1.0
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+    # Contrastive loss: scale = 1 / temperature; symmetric adds definition -> name.
+    scale: float = 20.0
+    symmetric: bool = True
+    # Validate (eval fast subset + validation loss) and checkpoint every N optimiser steps and
+    # at the end of each epoch; keep the best ``keep_checkpoints`` by the validation score.
+    checkpoint_every: int = 30
+    keep_checkpoints: int = 2
+    validation_suites: list[str] = field(default_factory=lambda: ["dev", "kg"])
+    # Worker failures survived by restarting from the last checkpoint.
+    max_failures: int = 2
+    log_every: int = 10
     seed: int = 42
 
 
@@ -454,3 +480,16 @@ def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
         if train.num_workers < 1:
             raise ConfigError(f"{name}.num_workers{_origin(origins, name + '.num_workers')}: "
                               "must be at least 1")
+        for field_name in ("batch_size", "epochs", "grad_accumulation", "keep_checkpoints",
+                           "max_seq_length"):
+            if getattr(train, field_name) < 1:
+                key = f"{name}.{field_name}"
+                raise ConfigError(f"{key}{_origin(origins, key)}: must be at least 1")
+        if not 0 <= train.warmup_ratio < 1:
+            key = f"{name}.warmup_ratio"
+            raise ConfigError(f"{key}{_origin(origins, key)}: must be in [0, 1)")
+        unknown = sorted(set(train.validation_suites) - set(EVAL_SUITES))
+        if unknown:
+            key = f"{name}.validation_suites"
+            raise ConfigError(f"{key}{_origin(origins, key)}: unknown suite(s) "
+                              f"{', '.join(unknown)}; known: {', '.join(EVAL_SUITES)}")

@@ -6,7 +6,8 @@
 
 Stages already complete for the same config and inputs are skipped, so a rerun resumes.
 Stages so far: ingest_kg, eval_sets (the held-out KG evaluation sets), generate_definitions,
-build_pairs. Training, soup and the report join as they land.
+build_pairs, train_contrastive (model -C). Distillation, soup and the report join as they
+land.
 """
 
 import json
@@ -17,13 +18,14 @@ from biolord_ray.evaluation import kg_sets
 from biolord_ray.kg import ingest
 from biolord_ray.run_dir import RunDir
 from biolord_ray.runtime import init_ray
-from biolord_ray.training import pairs
+from biolord_ray.training import contrastive, pairs
 
 STAGES = {
     ingest.STAGE: ingest.run,
     kg_sets.STAGE: kg_sets.run,
     generate.STAGE: generate.run,
     pairs.STAGE: pairs.run,
+    contrastive.STAGE: contrastive.run,
 }
 
 if __name__ == "__main__":

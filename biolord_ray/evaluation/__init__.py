@@ -30,12 +30,14 @@ def model_label(spec: str) -> str:
     return parts[-1] if parts else spec
 
 
-def evaluate_models(specs: list[str], suite: EvalSuite, cfg: PipelineConfig) -> dict:
-    """Score each model on every task of ``suite``; the report dict ``write_report`` takes."""
+def evaluate_models(specs: list[str], suite: EvalSuite, cfg: PipelineConfig,
+                    labels: list[str] | None = None) -> dict:
+    """Score each model on every task of ``suite``; the report dict ``write_report`` takes.
+    ``labels`` name the models in the report (default: ``model_label`` of each spec)."""
     report = {"fast": suite.fast, "benchmarks": suite.names,
               "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "models": {}}
-    for spec in specs:
+    for i, spec in enumerate(specs):
         model_dir = sentence_model_dir(spec, cfg.models.cache_dir, cfg.models.trust_remote_code)
         model = load_sentence_model(model_dir, trust_remote_code=cfg.models.trust_remote_code)
         embed = Embedder(model, model_dir, batch_size=cfg.eval.batch_size,
@@ -43,7 +45,7 @@ def evaluate_models(specs: list[str], suite: EvalSuite, cfg: PipelineConfig) -> 
                          concurrency=cfg.eval.encoder_concurrency,
                          num_gpus=cfg.eval.encoder_num_gpus)
         results = suite.run(model, embed)
-        label = model_label(spec)
+        label = labels[i] if labels else model_label(spec)
         while label in report["models"]:
             label += "'"
         report["models"][label] = {"spec": spec, "path": model_dir, "benchmarks": results,

@@ -1,0 +1,128 @@
+"""What a training stage leaves behind: the model directory with its model card, the
+training history as a table and a plot."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from pathlib import Path
+
+from biolord_ray.config import PipelineConfig, TrainConfig, to_dict
+
+TRANSFORMERS_USAGE = '''```python
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
+def mean_pooling(model_output, attention_mask):
+    token_embeddings = model_output[0]
+    mask = attention_mask.unsqueeze(-1).expand(token_embeddings.size()).float()
+    return torch.sum(token_embeddings * mask, 1) / torch.clamp(mask.sum(1), min=1e-9)
+
+sentences = ["Cat scratch injury", "Cat scratch disease", "Bartonellosis"]
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+model = AutoModel.from_pretrained("{path}")
+encoded = tokenizer(sentences, padding=True, truncation=True, return_tensors="pt")
+with torch.no_grad():
+    output = model(**encoded)
+embeddings = F.normalize(mean_pooling(output, encoded["attention_mask"]), p=2, dim=1)
+```'''
+
+
+def write_model_card(model_dir: str | Path, *, title: str, summary: str, cfg: PipelineConfig,
+                     tcfg: TrainConfig, data: dict, training: dict,
+                     evaluation_markdown: str | None = None) -> Path:
+    """README.md in ``model_dir``: what the model is, how to load it, how it was made."""
+    path = Path(model_dir)
+    lines = [
+        "---",
+        "library_name: sentence-transformers",
+        "pipeline_tag: sentence-similarity",
+        f"base_model: {tcfg.base_model.removeprefix('packaged:')}",
+        "tags: [sentence-transformers, feature-extraction, sentence-similarity, biomedical, "
+        "biolord, biolord-ray]",
+        "---",
+        f"# {title}",
+        "",
+        summary,
+        "",
+        f"Made by biolord-ray on {dt.date.today().isoformat()} from the base model "
+        f"`{tcfg.base_model}`.",
+        "",
+        "## Usage (sentence-transformers)",
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        f'model = SentenceTransformer("{path}")',
+        'embeddings = model.encode(["Cat scratch injury", "Cat scratch disease"])',
+        "```",
+        "",
+        "## Usage (transformers: mean pooling, then L2 normalisation)",
+        "",
+        TRANSFORMERS_USAGE.format(path=path),
+        "",
+        "## Training data",
+        "",
+        f"Knowledge graph: `{cfg.kg.format}`" + (f" at `{cfg.kg.path}`" if cfg.kg.path else "")
+        + (f", first {cfg.kg.max_concepts} concepts" if cfg.kg.max_concepts else "") + ".",
+        "",
+        *_table(["", ""], data.items()),
+        "",
+        "## Training",
+        "",
+        *_table(["", ""], training.items()),
+        "",
+        "Config (`" + ("contrastive" if "contrastive" in title.lower() else "train") + "`):",
+        "",
+        "```json",
+        _json(to_dict(tcfg)),
+        "```",
+    ]
+    if evaluation_markdown:
+        lines += ["", "## Evaluation", "", evaluation_markdown.strip()]
+    card = path / "README.md"
+    card.write_text("\n".join(lines) + "\n")
+    return card
+
+
+def write_history(history: list[dict], out_dir: str | Path, title: str) -> dict[str, Path]:
+    """history.csv and history.png (training loss, validation loss and score per step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    with open(out / "history.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(history)
+
+    panels = [("train_loss", "training loss"), ("val_loss", "validation loss"),
+              ("val_score", "validation score (fast suite)")]
+    panels = [(k, label) for k, label in panels if any(k in row for row in history)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        points = [(row["step"], row[key]) for row in history if row.get(key) is not None]
+        ax.plot(*zip(*points, strict=True), marker="o")
+        ax.set_xlabel("optimiser step")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out / "history.png", dpi=120)
+    plt.close(fig)
+    return {"csv": out / "history.csv", "png": out / "history.png"}
+
+
+def _table(header: list[str], rows) -> list[str]:
+    return [f"| {' | '.join(header)} |", "|" + "---|" * len(header),
+            *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,380 @@
+"""Ray Train + DeepSpeed: the training loop shared by the contrastive and distillation phases.
+
+``fit`` builds a ``TorchTrainer`` whose workers each run ``train_loop_per_worker``:
+
+* the model is a sentence-transformers encoder inside the phase's loss module; DeepSpeed
+  wraps that module and owns the optimiser (AdamW), the warm-up/linear-decay schedule
+  (WarmupDecayLR), ZeRO, bf16, gradient accumulation and clipping, all from the config;
+* rows stream in from the Ray Dataset shard (``get_dataset_shard``), tokenised by the phase's
+  collate function in Ray's prefetch thread;
+* every ``checkpoint_every`` steps and at each epoch end the workers validate (validation loss
+  on all workers; the fast evaluation suite on rank 0, run on the model just exported) and
+  save a checkpoint: every rank writes its DeepSpeed shard and rank 0 adds the exported
+  sentence-transformers model (``model/``) and the loop state, all reported through
+  ``ray.train.report``; Ray Train keeps the best ``keep_checkpoints`` by ``val_score``;
+* after a worker failure Ray Train restarts the workers (``FailureConfig``) and the loop
+  resumes from the last checkpoint: weights, optimiser, schedule, step and position in the
+  epoch (the rows already trained on in that epoch are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from biolord_ray.config import ModelsConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+DEEPSPEED_DIR = "deepspeed"
+DEEPSPEED_TAG = "state"
+STATE_FILE = "train_state.json"
+EXPORT_SUBDIR = "model"  # same as biolord_ray.evaluation.embed.EXPORT_SUBDIR
+SCORE = "val_score"
+
+
+@dataclass
+class Phase:
+    """What differs between training phases."""
+
+    name: str
+    # (model, train config) -> the loss module DeepSpeed wraps; its forward takes the
+    # collated batch as keyword arguments and returns the loss.
+    make_loss: Callable[[Any, TrainConfig], Any]
+    # model -> function turning a batch of dataset rows (dict of numpy arrays) into those
+    # keyword arguments (tensors).
+    make_collate: Callable[[Any], Callable[[dict[str, np.ndarray]], dict]]
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved in every checkpoint."""
+
+    step: int = 0            # optimiser steps done
+    epoch: int = 0
+    micro_batch: int = 0     # micro-batches of ``epoch`` already trained on
+    history: list[dict] = field(default_factory=list)  # one row per validation
+
+
+def deepspeed_config(tcfg: TrainConfig, world_size: int, total_steps: int) -> dict:
+    """The DeepSpeed config for one run, with ``tcfg.deepspeed`` merged over it."""
+    config = {
+        "train_micro_batch_size_per_gpu": tcfg.batch_size,
+        "gradient_accumulation_steps": tcfg.grad_accumulation,
+        "train_batch_size": tcfg.batch_size * tcfg.grad_accumulation * world_size,
+        "gradient_clipping": tcfg.grad_clip,
+        "zero_optimization": {"stage": tcfg.zero_stage},
+        "bf16": {"enabled": tcfg.precision == "bf16"},
+        # torch's AdamW on CPU: DeepSpeed's own would JIT-compile fused_adam, which needs CUDA.
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": tcfg.lr, "weight_decay": tcfg.weight_decay, "torch_adam": not tcfg.use_gpu}},
+        "scheduler": {"type": "WarmupDecayLR", "params": {
+            "warmup_min_lr": 0.0, "warmup_max_lr": tcfg.lr, "warmup_type": "linear",
+            "warmup_num_steps": max(1, int(tcfg.warmup_ratio * total_steps)),
+            "total_num_steps": max(total_steps, 1)}},
+        "steps_per_print": 10**9,  # the loop logs progress itself
+    }
+    return _merge(config, tcfg.deepspeed)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(
+            base.get(key), dict) else value
+    return merged
+
+
+def plan_steps(n_rows: int, tcfg: TrainConfig) -> tuple[int, int]:
+    """(optimiser steps per epoch, total steps) for ``n_rows`` training rows.
+
+    Each worker gets an equal share of the rows (Ray Train splits with ``equal=True``) and
+    drops its last partial batch, so every worker runs the same number of steps."""
+    micro_batches = (n_rows // tcfg.num_workers) // tcfg.batch_size
+    steps_per_epoch = micro_batches // tcfg.grad_accumulation
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{n_rows} training rows do not fill one step of batch_size {tcfg.batch_size} x "
+            f"{tcfg.num_workers} workers x grad_accumulation {tcfg.grad_accumulation}; "
+            "lower batch_size or num_workers")
+    total = steps_per_epoch * tcfg.epochs
+    return steps_per_epoch, min(total, tcfg.max_steps) if tcfg.max_steps else total
+
+
+def fit(phase: Phase, tcfg: TrainConfig, models: ModelsConfig, datasets: dict, suite,
+        storage_path: str, storage_filesystem, name: str):
+    """Train on Ray Train; returns the ``ray.train.Result``.
+
+    ``datasets``: "train" (and optionally "validation") Ray Datasets of the phase's rows.
+    ``suite``: the fast EvalSuite scored on rank 0 at each checkpoint, or None.
+    A run with the same ``name`` under ``storage_path`` resumes from its last checkpoint.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    steps_per_epoch, total_steps = plan_steps(datasets["train"].count(), tcfg)
+    log.info("%s: %d steps (%d per epoch) on %d workers", phase.name, total_steps,
+             steps_per_epoch, tcfg.num_workers)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"phase": phase, "train": tcfg, "models": models, "suite": suite,
+                           "total_steps": total_steps,
+                           "has_validation": "validation" in datasets},
+        scaling_config=ScalingConfig(num_workers=tcfg.num_workers, use_gpu=tcfg.use_gpu,
+                                     resources_per_worker={"CPU": tcfg.cpus_per_worker}),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            failure_config=FailureConfig(max_failures=tcfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints,
+                                               checkpoint_score_attribute=SCORE,
+                                               checkpoint_score_order="max")),
+        datasets=datasets,
+    )
+    return trainer.fit()
+
+
+# ---------------------------------------------------------------------------------------
+# On each Ray Train worker
+
+def train_loop_per_worker(config: dict) -> None:
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from biolord_ray.evaluation.embed import load_sentence_model, sentence_model_dir
+
+    phase: Phase = config["phase"]
+    tcfg: TrainConfig = config["train"]
+    models: ModelsConfig = config["models"]
+    total_steps: int = config["total_steps"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    torch.manual_seed(tcfg.seed)
+    base_dir = sentence_model_dir(tcfg.base_model, models.cache_dir, models.trust_remote_code)
+    model = load_sentence_model(base_dir, device=str(device),
+                                trust_remote_code=models.trust_remote_code)
+    model.max_seq_length = tcfg.max_seq_length
+    loss_module = phase.make_loss(model, tcfg)
+    engine, *_ = deepspeed.initialize(
+        model=loss_module, model_parameters=[p for p in loss_module.parameters()
+                                             if p.requires_grad],
+        config=deepspeed_config(tcfg, world_size, total_steps))
+    collate = phase.make_collate(model)
+    run = _Run(engine, model, collate, tcfg, config, rank, world_size, device)
+
+    state = LoopState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            engine.load_checkpoint(os.path.join(directory, DEEPSPEED_DIR), tag=DEEPSPEED_TAG)
+            with open(os.path.join(directory, STATE_FILE)) as f:
+                state = LoopState(**json.load(f))
+        run.print(f"resumed from the checkpoint of step {state.step} (epoch {state.epoch}, "
+                  f"{state.micro_batch} micro-batches in)")
+    else:
+        # The base model's scores: step 0 of the validation curve.
+        state.history.append(run.validate(state, base_dir))
+    run.start_window()
+    resumed_from = state.step
+
+    train_shard = ray.train.get_dataset_shard("train")
+    done = state.step >= total_steps
+    for epoch in range(state.epoch, tcfg.epochs):
+        if done:
+            break
+        skip = state.micro_batch if epoch == state.epoch else 0
+        state.epoch, state.micro_batch = epoch, 0
+        batches = train_shard.iter_torch_batches(
+            batch_size=tcfg.batch_size, drop_last=True, collate_fn=collate,
+            local_shuffle_buffer_size=tcfg.batch_size * 8, local_shuffle_seed=tcfg.seed + epoch)
+        for batch in batches:
+            state.micro_batch += 1
+            if state.micro_batch <= skip:
+                continue  # trained on before the checkpoint we resumed from
+            run.train_step(batch)
+            if engine.global_steps == state.step:
+                continue  # accumulating gradients
+            state.step = engine.global_steps
+            if state.step % tcfg.log_every == 0:
+                run.log_progress(state, total_steps)
+            done = state.step >= total_steps
+            if done or (tcfg.checkpoint_every and state.step % tcfg.checkpoint_every == 0):
+                run.checkpoint(state, resumed_from)
+            if done:
+                break
+        else:
+            state.epoch, state.micro_batch = epoch + 1, 0
+            if not state.history or state.history[-1]["step"] != state.step:
+                run.checkpoint(state, resumed_from)
+
+
+class _Run:
+    """One worker's engine, data and bookkeeping (kept out of the loop body for reading)."""
+
+    def __init__(self, engine, model, collate, tcfg: TrainConfig, config: dict, rank: int,
+                 world_size: int, device):
+        from ray.util.metrics import Gauge
+
+        self.engine, self.model, self.collate, self.tcfg = engine, model, collate, tcfg
+        self.phase_name = config["phase"].name
+        self.suite = config["suite"]
+        self.has_validation = config["has_validation"]
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.started = time.time()
+        self.start_window()
+        tags = ("phase",)
+        self.gauges = {name: Gauge(f"biolord_train_{name}", description, tag_keys=tags)
+                       for name, description in (
+                           ("step", "optimiser steps done"),
+                           ("loss", "mean training loss since the last checkpoint"),
+                           ("pairs_per_second", "training rows per second, all workers"),
+                           ("val_score", "fast evaluation suite score at the last checkpoint"))}
+
+    def start_window(self) -> None:
+        """Restart the training-loss and throughput averages (validation time excluded)."""
+        self.loss_sum, self.rows, self.batches = 0.0, 0, 0
+        self.window_started = time.time()
+
+    def print(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"[{self.phase_name}] {message}", flush=True)
+
+    def train_step(self, batch: dict) -> None:
+        loss = self.engine(**_to_device(batch, self.device))
+        self.engine.backward(loss)
+        self.engine.step()
+        self.loss_sum += float(loss.detach())
+        self.batches += 1
+        self.rows += self.tcfg.batch_size * self.world_size
+
+    def _window(self) -> dict:
+        seconds = max(time.time() - self.window_started, 1e-9)
+        metrics = {"train_loss": self.loss_sum / max(self.batches, 1),
+                   "pairs_per_second": self.rows / seconds,
+                   "lr": float(self.engine.get_lr()[0])}
+        return metrics
+
+    def log_progress(self, state: LoopState, total_steps: int) -> None:
+        metrics = self._window()
+        elapsed = time.time() - self.started
+        eta = elapsed / max(state.step - (state.history[0]["step"] if state.history else 0), 1) \
+            * (total_steps - state.step)
+        self.print(f"step {state.step}/{total_steps} epoch {state.epoch} "
+                   f"loss {metrics['train_loss']:.4f} lr {metrics['lr']:.2e} "
+                   f"{metrics['pairs_per_second']:.1f} pairs/s eta {eta / 60:.1f} min")
+        if self.rank == 0:
+            tags = {"phase": self.phase_name}
+            self.gauges["step"].set(state.step, tags)
+            self.gauges["loss"].set(metrics["train_loss"], tags)
+            self.gauges["pairs_per_second"].set(metrics["pairs_per_second"], tags)
+
+    def validate(self, state: LoopState, model_dir: str) -> dict:
+        """Validation loss (all workers) and the fast suite on ``model_dir`` (rank 0)."""
+        import torch
+        import torch.distributed as dist
+
+        row: dict[str, Any] = {"step": state.step, "epoch": state.epoch}
+        if self.has_validation:
+            import ray.train
+
+            total, batches = torch.zeros(2), 0
+            self.engine.eval()
+            with torch.no_grad():
+                for batch in ray.train.get_dataset_shard("validation").iter_torch_batches(
+                        batch_size=self.tcfg.batch_size, drop_last=True,
+                        collate_fn=self.collate):
+                    total[0] += float(self.engine(**_to_device(batch, self.device)))
+                    batches += 1
+            self.engine.train()
+            total[1] = batches
+            if dist.is_initialized():
+                dist.all_reduce(total)
+            if total[1]:
+                row["val_loss"] = float(total[0] / total[1])
+        if self.rank == 0 and self.suite is not None:
+            from biolord_ray.evaluation import main_score
+            from biolord_ray.evaluation.embed import Embedder, load_sentence_model
+
+            scored = load_sentence_model(model_dir, device=str(self.device))
+            results = self.suite.run(scored, Embedder(scored))
+            row.update({f"val/{name}": r[r["main_metric"]] for name, r in results.items()})
+            row[SCORE] = main_score(results)
+            del scored
+        if SCORE not in row:
+            # No suite: the (negated) validation loss ranks the checkpoints.
+            row[SCORE] = -row["val_loss"] if "val_loss" in row else float("nan")
+        self.print("validation: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
+        return row
+
+    def checkpoint(self, state: LoopState, resumed_from: int) -> None:
+        """Save a DeepSpeed checkpoint (every rank) with the exported model (rank 0), validate
+        the exported model and report both to Ray Train."""
+        import ray.train
+
+        window = self._window()
+        with tempfile.TemporaryDirectory(prefix="biolord-ckpt-") as directory:
+            self.engine.save_checkpoint(os.path.join(directory, DEEPSPEED_DIR),
+                                        tag=DEEPSPEED_TAG)
+            export_dir = os.path.join(directory, EXPORT_SUBDIR)
+            self._export(export_dir)
+            row = {**self.validate(state, export_dir), **window, "resumed_from": resumed_from}
+            state.history.append(row)
+            if self.rank == 0:
+                with open(os.path.join(directory, STATE_FILE), "w") as f:
+                    json.dump(state.__dict__, f, default=float)
+                self.gauges["val_score"].set(row[SCORE], {"phase": self.phase_name})
+            ray.train.report({**row, "seconds": time.time() - self.started},
+                             checkpoint=ray.train.Checkpoint.from_directory(directory))
+        self.start_window()
+
+    def _export(self, path: str) -> None:
+        """Rank 0 writes the full model (ZeRO-3 shards gathered from every rank first)."""
+        import contextlib
+
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(self.model.parameters()),
+                                                   modifier_rank=None) \
+            if self.tcfg.zero_stage == 3 else contextlib.nullcontext()
+        with gather:
+            if self.rank == 0:
+                save_fp32(self.model, path)
+
+
+def save_fp32(model, path: str) -> None:
+    """Save a SentenceTransformer with float32 weights whatever precision it trains in (bf16
+    weights would make averaging runs in a soup lose precision, and transformers would load
+    them as bf16)."""
+    import torch
+
+    model.save(path, create_model_card=False)
+    transformer = model[0].auto_model
+    if all(p.dtype == torch.float32 for p in transformer.parameters()):
+        return
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in transformer.state_dict().items()}
+    transformer.save_pretrained(path, state_dict=state)
+    config_path = os.path.join(path, "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["dtype"] = "float32"
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def _to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch.to(device) if hasattr(batch, "to") else batch
+
