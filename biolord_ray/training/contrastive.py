@@ -75,7 +75,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
     if force and fs.get_file_info(f"{storage}/{name}").type != pafs.FileType.NotFound:
         fs.delete_dir(f"{storage}/{name}")
     result = loop.fit(PHASE, tcfg, cfg.models, datasets, suite, storage, fs, name)
-    return finish(cfg, tcfg, run_dir, staging, result, PHASE.name,
+    return finish(cfg, tcfg, run_dir, staging, result, STAGE, "contrastive",
                   title="BioLORD-2023-C style contrastive model",
                   summary="Concept names aligned with their definitions and knowledge-graph "
                           "descriptions by contrastive training (in-batch negatives, "
@@ -83,10 +83,11 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
                   data=_data_summary(run_dir))
 
 
-def finish(cfg: PipelineConfig, tcfg, run_dir: RunDir, staging: str, result, phase: str,
-           title: str, summary: str, data: dict) -> StageOutputs:
+def finish(cfg: PipelineConfig, tcfg, run_dir: RunDir, staging: str, result, stage: str,
+           section: str, title: str, summary: str, data: dict) -> StageOutputs:
     """Export the best checkpoint's model with a model card, the training history and an
-    evaluation of base vs trained model, into ``staging``."""
+    evaluation of base vs trained model, into ``staging`` (published as ``stage``; the
+    model trained with config section ``section``)."""
     from biolord_ray.evaluation import build_suite, evaluate_models, model_label
     from biolord_ray.evaluation.report import markdown, write_report
     from biolord_ray.training.export import write_history, write_model_card
@@ -101,13 +102,13 @@ def finish(cfg: PipelineConfig, tcfg, run_dir: RunDir, staging: str, result, pha
         model_dir = os.path.join(local, loop.EXPORT_SUBDIR)
         with best.as_directory() as directory:
             pafs.copy_files(os.path.join(directory, loop.EXPORT_SUBDIR), model_dir)
-        write_history(history, local, f"{phase}: {tcfg.base_model} ({data['training pairs']} "
-                                      "pairs)")
+        write_history(history, local, f"{section}: {tcfg.base_model} "
+                                      f"({data['training pairs']} pairs)")
         report_md = None
         if cfg.eval.suites:
             suite = build_suite(cfg.eval, cfg.eval.suites, run_dir)
             report = evaluate_models([tcfg.base_model, model_dir], suite, cfg,
-                                     labels=[model_label(tcfg.base_model), phase])
+                                     labels=[model_label(tcfg.base_model), section])
             write_report(report, os.path.join(local, "evaluation"))
             report_md = markdown(report)
         steps = history[-1]["step"]
@@ -121,7 +122,8 @@ def finish(cfg: PipelineConfig, tcfg, run_dir: RunDir, staging: str, result, pha
                                    f"(fast-suite score {best_metrics[loop.SCORE]:.4f}; "
                                    f"base model {history[0][loop.SCORE]:.4f})",
         }
-        write_model_card(model_dir, title=title, summary=summary, cfg=cfg, tcfg=tcfg,
+        write_model_card(model_dir, load_path=run_dir.path(stage, loop.EXPORT_SUBDIR),
+                         section=section, title=title, summary=summary, cfg=cfg, tcfg=tcfg,
                          data=data, training=training, evaluation_markdown=report_md)
         pafs.copy_files(local, staging, destination_filesystem=run_dir.fs)
     counts = {"steps": steps, "best_step": best_metrics["step"],

@@ -29,11 +29,12 @@ embeddings = F.normalize(mean_pooling(output, encoded["attention_mask"]), p=2, d
 ```'''
 
 
-def write_model_card(model_dir: str | Path, *, title: str, summary: str, cfg: PipelineConfig,
-                     tcfg: TrainConfig, data: dict, training: dict,
-                     evaluation_markdown: str | None = None) -> Path:
-    """README.md in ``model_dir``: what the model is, how to load it, how it was made."""
-    path = Path(model_dir)
+def write_model_card(model_dir: str | Path, *, load_path: str, section: str, title: str,
+                     summary: str, cfg: PipelineConfig, tcfg: TrainConfig, data: dict,
+                     training: dict, evaluation_markdown: str | None = None) -> Path:
+    """README.md in ``model_dir``: what the model is, how to load it (from ``load_path``,
+    where the model will live), how it was made (``section``: its config section)."""
+    path = load_path
     lines = [
         "---",
         "library_name: sentence-transformers",
@@ -72,7 +73,7 @@ def write_model_card(model_dir: str | Path, *, title: str, summary: str, cfg: Pi
         "",
         *_table(["", ""], training.items()),
         "",
-        "Config (`" + ("contrastive" if "contrastive" in title.lower() else "train") + "`):",
+        f"Config (`{section}`):",
         "",
         "```json",
         _json(to_dict(tcfg)),
@@ -80,7 +81,7 @@ def write_model_card(model_dir: str | Path, *, title: str, summary: str, cfg: Pi
     ]
     if evaluation_markdown:
         lines += ["", "## Evaluation", "", evaluation_markdown.strip()]
-    card = path / "README.md"
+    card = Path(model_dir) / "README.md"
     card.write_text("\n".join(lines) + "\n")
     return card
 
