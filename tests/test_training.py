@@ -3,6 +3,7 @@ exported model reloaded two ways, and a worker SIGKILLed mid-run."""
 
 import copy
 import os
+import shutil
 import signal
 import threading
 import time
@@ -27,6 +28,9 @@ def train_cfg(hpo_run, tmp_path):
     cfg.pairs.validation_fraction = 0.2
     kg_sets.run(cfg, run_dir)
     pairs.run(cfg, run_dir)
+    # The run directory is shared by the session: drop the Ray Train storage of earlier tests,
+    # so the checkpoints seen here (kept count, the killer's trigger) are this test's own.
+    shutil.rmtree(run_dir.path("_work", contrastive.STAGE), ignore_errors=True)
     t = cfg.contrastive
     t.batch_size, t.lr, t.max_steps, t.checkpoint_every, t.log_every = 16, 1e-4, 12, 4, 4
     t.validation_suites = ["kg"]

@@ -186,7 +186,7 @@ def train_loop_per_worker(config: dict) -> None:
         # The base model's scores: step 0 of the validation curve.
         state.history.append(run.validate(state, base_dir))
     run.start_window()
-    resumed_from = state.step
+    resumed_from = run.first_step = state.step
 
     train_shard = ray.train.get_dataset_shard("train")
     done = state.step >= total_steps
@@ -232,6 +232,7 @@ class _Run:
         self.has_validation = config["has_validation"]
         self.rank, self.world_size, self.device = rank, world_size, device
         self.started = time.time()
+        self.first_step = 0
         self.start_window()
         tags = ("phase",)
         self.gauges = {name: Gauge(f"biolord_train_{name}", description, tag_keys=tags)
@@ -267,9 +268,9 @@ class _Run:
 
     def log_progress(self, state: LoopState, total_steps: int) -> None:
         metrics = self._window()
+        # Steps and seconds of this attempt (a restarted worker group starts a new one).
         elapsed = time.time() - self.started
-        eta = elapsed / max(state.step - (state.history[0]["step"] if state.history else 0), 1) \
-            * (total_steps - state.step)
+        eta = elapsed / max(state.step - self.first_step, 1) * (total_steps - state.step)
         self.print(f"step {state.step}/{total_steps} epoch {state.epoch} "
                    f"loss {metrics['train_loss']:.4f} lr {metrics['lr']:.2e} "
                    f"{metrics['pairs_per_second']:.1f} pairs/s eta {eta / 60:.1f} min")
@@ -288,7 +289,8 @@ class _Run:
         if self.has_validation:
             import ray.train
 
-            total, batches = torch.zeros(2), 0
+            # On the device: NCCL reduces only GPU tensors.
+            total, batches = torch.zeros(2, device=self.device), 0
             self.engine.eval()
             with torch.no_grad():
                 for batch in ray.train.get_dataset_shard("validation").iter_torch_batches(
