@@ -190,11 +190,43 @@ class TrainConfig:
 
 
 @dataclass
+class TargetsConfig:
+    """Teacher targets for self-distillation: per concept, the normalised mean of the teacher's
+    embeddings of its names and definitions."""
+
+    # None: this run's contrastive model (train_contrastive/model); or any model spec/path.
+    teacher: str | None = None
+    # Also average the KG descriptions (BioLORD-2022-style sentences) into the targets.
+    include_descriptions: bool = False
+    # Ray Data encoder actors (one model copy each) and texts per encode call.
+    concurrency: int = 1
+    num_gpus: float = 0
+    batch_size: int = 64
+    # Partitions of the two group-by-concept shuffles (Ray's default of 200 is tuned for
+    # clusters; each partition is a task).
+    shuffle_partitions: int = 4
+
+
+@dataclass
 class TuneConfig:
+    """The Ray Tune grid of distillation runs (each trial a Ray Train run) and the soup."""
+
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    lrs: list[float] = field(default_factory=lambda: [2e-5, 5e-5])
+    lrs: list[float] = field(default_factory=lambda: [5e-5, 1e-4])
+    # More grid axes: any ``distill`` key -> values, e.g. {"warmup_ratio": [0.0, 0.1]}.
+    grid: dict[str, list] = field(default_factory=dict)
+    # None: as many as the cluster holds (Ray Train waits for its workers' resources).
     max_concurrent_trials: int | None = 1
+    # CPUs for each trial's function, which only drives its Ray Train run (the workers ask for
+    # their own). Tune needs more than 0; on the embedded default 0.1 + 2 x 0.45 (workers)
+    # leaves one whole CPU for the Ray Data tasks that stream the rows.
+    cpus_per_trial: float = 0.1
+    # A trial whose Ray Train run fails for good is started again this many times.
+    max_failures: int = 1
+    # Uniform soup: the best ``soup_top_k`` trials. Greedy soup: trials in order of validation
+    # score, each kept only if the soup's score improves. ``soup`` is exported as the model.
     soup_top_k: int = 4
+    soup: Literal["greedy", "uniform"] = "greedy"
 
 
 @dataclass
@@ -253,7 +285,10 @@ class PipelineConfig:
     definitions: DefinitionsConfig = field(default_factory=DefinitionsConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     contrastive: TrainConfig = field(default_factory=TrainConfig)
-    distill: TrainConfig = field(default_factory=TrainConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    # Its workers leave room for the Tune trial's driver (tune.cpus_per_trial).
+    distill: TrainConfig = field(default_factory=lambda: TrainConfig(
+        cpus_per_worker=0.45, lr=1e-4, max_steps=40, checkpoint_every=20))
     tune: TuneConfig = field(default_factory=TuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -493,3 +528,17 @@ def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
             key = f"{name}.validation_suites"
             raise ConfigError(f"{key}{_origin(origins, key)}: unknown suite(s) "
                               f"{', '.join(unknown)}; known: {', '.join(EVAL_SUITES)}")
+    tune = cfg.tune
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    for axis in tune.grid:
+        if axis not in train_keys:
+            key = f"tune.grid.{axis}"
+            raise ConfigError(f"{key}{_origin(origins, 'tune.grid')}: not a distill setting; "
+                              f"known: {', '.join(sorted(train_keys))}")
+    for key, values in [("tune.seeds", tune.seeds), ("tune.lrs", tune.lrs),
+                        *((f"tune.grid.{k}", v) for k, v in tune.grid.items())]:
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{key}{_origin(origins, key)}: must be a non-empty list")
+    if tune.soup_top_k < 1:
+        raise ConfigError(f"tune.soup_top_k{_origin(origins, 'tune.soup_top_k')}: must be at "
+                          "least 1")

@@ -5,9 +5,9 @@
         --set kg.path=/data/umls/META --run-dir s3://bucket/biolord
 
 Stages already complete for the same config and inputs are skipped, so a rerun resumes.
-Stages so far: ingest_kg, eval_sets (the held-out KG evaluation sets), generate_definitions,
-build_pairs, train_contrastive (model -C). Distillation, soup and the report join as they
-land.
+Stages: ingest_kg, eval_sets (the held-out KG evaluation sets), generate_definitions,
+build_pairs, train_contrastive (model -C), teacher_targets, distill (the Ray Tune grid of
+self-distillation runs), soup (model -S and the soup).
 """
 
 import json
@@ -18,7 +18,7 @@ from biolord_ray.evaluation import kg_sets
 from biolord_ray.kg import ingest
 from biolord_ray.run_dir import RunDir
 from biolord_ray.runtime import init_ray
-from biolord_ray.training import contrastive, pairs
+from biolord_ray.training import contrastive, distill, pairs, soup, targets
 
 STAGES = {
     ingest.STAGE: ingest.run,
@@ -26,6 +26,9 @@ STAGES = {
     generate.STAGE: generate.run,
     pairs.STAGE: pairs.run,
     contrastive.STAGE: contrastive.run,
+    targets.STAGE: targets.run,
+    distill.STAGE: distill.run,
+    soup.STAGE: soup.run,
 }
 
 if __name__ == "__main__":

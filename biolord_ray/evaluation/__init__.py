@@ -31,9 +31,11 @@ def model_label(spec: str) -> str:
 
 
 def evaluate_models(specs: list[str], suite: EvalSuite, cfg: PipelineConfig,
-                    labels: list[str] | None = None) -> dict:
+                    labels: list[str] | None = None,
+                    locations: list[str | None] | None = None) -> dict:
     """Score each model on every task of ``suite``; the report dict ``write_report`` takes.
-    ``labels`` name the models in the report (default: ``model_label`` of each spec)."""
+    ``labels`` name the models in the report (default: ``model_label`` of each spec);
+    ``locations`` say where a model scored from a temporary directory will live."""
     report = {"fast": suite.fast, "benchmarks": suite.names,
               "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "models": {}}
@@ -48,6 +50,8 @@ def evaluate_models(specs: list[str], suite: EvalSuite, cfg: PipelineConfig,
         label = labels[i] if labels else model_label(spec)
         while label in report["models"]:
             label += "'"
-        report["models"][label] = {"spec": spec, "path": model_dir, "benchmarks": results,
+        location = locations[i] if locations else None
+        report["models"][label] = {"spec": location or spec, "path": location or model_dir,
+                                   "benchmarks": results,
                                    "score": main_score(results)}
     return report

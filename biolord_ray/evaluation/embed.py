@@ -104,6 +104,7 @@ class EncoderActor:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Adds an ``embedding`` column (unit length) for the ``text`` column."""
         vectors = self.model.encode(list(batch["text"]), batch_size=self.batch_size,
                                     normalize_embeddings=True, convert_to_numpy=True)
-        return {"row": batch["row"], "embedding": vectors.astype(np.float32)}
+        return {**batch, "embedding": vectors.astype(np.float32)}

@@ -54,18 +54,12 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
            force: bool) -> StageOutputs:
-    import ray.data
-
     from biolord_ray.evaluation import build_suite
 
     tcfg, fs = cfg.contrastive, run_dir.fs
-    columns = ["concept_id", "anchor", "positive"]
-    datasets = {"train": ray.data.read_parquet(run_dir.output(pairs.STAGE, "train"),
-                                               filesystem=fs).select_columns(columns)}
-    validation = ray.data.read_parquet(run_dir.output(pairs.STAGE, "validation"),
-                                       filesystem=fs).select_columns(columns)
-    if validation.count() >= tcfg.batch_size * tcfg.num_workers:
-        datasets["validation"] = validation
+    datasets = loop.read_datasets(run_dir.output(pairs.STAGE, "train"),
+                                  run_dir.output(pairs.STAGE, "validation"), fs,
+                                  ["concept_id", "anchor", "positive"], tcfg)
     suite = build_suite(cfg.eval, tcfg.validation_suites, run_dir, fast=True) \
         if tcfg.validation_suites else None
 
@@ -108,7 +102,8 @@ def finish(cfg: PipelineConfig, tcfg, run_dir: RunDir, staging: str, result, sta
         if cfg.eval.suites:
             suite = build_suite(cfg.eval, cfg.eval.suites, run_dir)
             report = evaluate_models([tcfg.base_model, model_dir], suite, cfg,
-                                     labels=[model_label(tcfg.base_model), section])
+                                     labels=[model_label(tcfg.base_model), section],
+                                     locations=[None, run_dir.path(stage, loop.EXPORT_SUBDIR)])
             write_report(report, os.path.join(local, "evaluation"))
             report_md = markdown(report)
         steps = history[-1]["step"]

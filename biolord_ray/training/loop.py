@@ -109,13 +109,30 @@ def plan_steps(n_rows: int, tcfg: TrainConfig) -> tuple[int, int]:
     return steps_per_epoch, min(total, tcfg.max_steps) if tcfg.max_steps else total
 
 
+def read_datasets(train: str, validation: str, filesystem, columns: list[str],
+                  tcfg: TrainConfig) -> dict:
+    """The Ray Datasets ``fit`` takes from two Parquet outputs: "train", and "validation" when
+    it fills at least one batch on every worker."""
+    import ray.data
+
+    def read(path):
+        return ray.data.read_parquet(path, filesystem=filesystem).select_columns(columns)
+
+    found = {"train": read(train)}
+    held_out = read(validation)
+    if held_out.count() >= tcfg.batch_size * tcfg.num_workers:
+        found["validation"] = held_out
+    return found
+
+
 def fit(phase: Phase, tcfg: TrainConfig, models: ModelsConfig, datasets: dict, suite,
-        storage_path: str, storage_filesystem, name: str):
+        storage_path: str, storage_filesystem, name: str, callbacks: list | None = None):
     """Train on Ray Train; returns the ``ray.train.Result``.
 
     ``datasets``: "train" (and optionally "validation") Ray Datasets of the phase's rows.
     ``suite``: the fast EvalSuite scored on rank 0 at each checkpoint, or None.
     A run with the same ``name`` under ``storage_path`` resumes from its last checkpoint.
+    ``callbacks``: Ray Train callbacks (a Tune trial passes ``TuneReportCallback``).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -132,6 +149,7 @@ def fit(phase: Phase, tcfg: TrainConfig, models: ModelsConfig, datasets: dict, s
                                      resources_per_worker={"CPU": tcfg.cpus_per_worker}),
         run_config=RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            callbacks=callbacks,
             failure_config=FailureConfig(max_failures=tcfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints,
                                                checkpoint_score_attribute=SCORE,

@@ -1,0 +1,120 @@
+"""Teacher targets: texts/s of the Ray Data actor pipeline against a bare ``model.encode``.
+
+Both sides turn the same training pairs (a run directory's ``build_pairs`` output; the stages
+run first if missing) into per-concept targets with the same teacher, in this one process
+invocation:
+
+* **bare**: one process, no Ray: the distinct (concept, text) rows computed with pandas,
+  ``model.encode`` over them (torch limited to ``--threads``, the CPUs one encoder actor
+  gets), the per-concept normalised mean with numpy;
+* **pipeline**: ``targets.teacher_targets``: Ray Data group-by for the distinct texts,
+  ``map_batches`` over ``--actors`` encoder actors, group-by for the means, materialised.
+
+The bare side is timed without loading the model; the pipeline's time includes starting its
+actors (each loads the model), so on small inputs the ratio understates steady-state speed.
+Printed: ``pipeline / bare`` texts/s (1 actor: the overhead of Ray Data; more actors on more
+cores: the scaling; CPU actors must leave one CPU free for the group-by after them).
+
+Usage::
+
+    .venv/bin/python benchmarks/targets_throughput.py [--run-dir runs/tiny] [--actors 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default="runs/tiny")
+    parser.add_argument("--teacher", default="packaged:all-MiniLM-L6-v2")
+    parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+
+    import pyarrow.parquet as pq
+
+    from biolord_ray.config import load_config
+    from biolord_ray.evaluation import kg_sets
+    from biolord_ray.evaluation.embed import sentence_model_dir
+    from biolord_ray.kg import ingest
+    from biolord_ray.run_dir import RunDir
+    from biolord_ray.runtime import init_ray
+    from biolord_ray.training import pairs
+
+    cfg = load_config(None, [f"run_dir={args.run_dir}", f"targets.concurrency={args.actors}"])
+    run_dir = RunDir(cfg.run_dir)
+    init_ray(cfg.ray)
+    if not run_dir.stage_record(pairs.STAGE):
+        for stage in (ingest, kg_sets, pairs):
+            stage.run(cfg, run_dir)
+    table = pq.read_table(run_dir.output(pairs.STAGE, "train"), filesystem=run_dir.fs)
+    model_dir = sentence_model_dir(args.teacher)
+
+    bare = run_bare(table, model_dir, cfg.targets.batch_size, args.threads)
+    print(json.dumps({"bare": bare}), flush=True)
+    pipeline = run_pipeline(table, model_dir, cfg.targets)
+    report = {"teacher": args.teacher, "pairs": table.num_rows, "actors": args.actors,
+              "bare_threads": args.threads,
+              "device": f"cpu ({os.cpu_count()} cores)", "bare": bare, "pipeline": pipeline,
+              "ratio_pipeline_over_bare": pipeline["texts_per_second"]
+              / bare["texts_per_second"]}
+    print(json.dumps(report, indent=2))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) / f"targets_throughput_{args.actors}_actors.json"
+    out.write_text(json.dumps(report, indent=2))
+
+
+def run_bare(table, model_dir: str, batch_size: int, threads: int) -> dict:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from biolord_ray.evaluation.embed import load_sentence_model
+
+    torch.set_num_threads(threads)
+    model = load_sentence_model(model_dir, device="cpu")
+    started = time.perf_counter()
+    frame = table.to_pandas()
+    names = frame[["concept_id", "anchor"]].set_axis(["concept_id", "text"], axis=1)
+    definitions = frame.loc[frame["kind"] == "definition", ["concept_id", "positive"]]
+    rows = pd.concat([names, definitions.set_axis(["concept_id", "text"], axis=1)])
+    rows = rows.drop_duplicates().reset_index(drop=True)
+    vectors = model.encode(rows["text"].tolist(), batch_size=batch_size,
+                           normalize_embeddings=True, convert_to_numpy=True)
+    targets = {}
+    for concept, index in rows.groupby("concept_id").indices.items():
+        mean = vectors[index].astype(np.float64).mean(axis=0)
+        targets[concept] = mean / np.linalg.norm(mean)
+    seconds = time.perf_counter() - started
+    return {"texts": len(rows), "concepts": len(targets), "seconds": round(seconds, 2),
+            "texts_per_second": round(len(rows) / seconds, 1)}
+
+
+def run_pipeline(table, model_dir: str, tcfg) -> dict:
+    import ray.data
+
+    from biolord_ray.evaluation.embed import load_sentence_model
+    from biolord_ray.training import targets
+
+    targets.check_room_for_shuffles(tcfg)
+    dim = load_sentence_model(model_dir, device="cpu").get_embedding_dimension()
+    source = ray.data.from_arrow(table).materialize()
+    started = time.perf_counter()
+    out = targets.teacher_targets(source, model_dir, tcfg, dim).materialize()
+    seconds = time.perf_counter() - started
+    texts = out.count()
+    return {"texts": texts, "concepts": len(out.unique("concept_id")),
+            "seconds": round(seconds, 2), "texts_per_second": round(texts / seconds, 1)}
+
+
+if __name__ == "__main__":
+    main()

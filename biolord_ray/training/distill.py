@@ -1,0 +1,236 @@
+"""Stage ``distill``: self-distillation (BioLORD-2023-S) as a Ray Tune grid of Ray Train runs.
+
+Each trial trains a fresh copy of the base model to regress onto the teacher targets
+(``teacher_targets``; sentence-transformers' ``MSELoss``) with the same Ray Train + DeepSpeed
+loop as the contrastive phase, for one point of the grid seeds x learning rates (x any
+``tune.grid`` axis). Trials are launched the way Ray 2.60 documents for Train inside Tune: a
+function trainable builds and fits the ``TorchTrainer`` itself, and ``TuneReportCallback``
+forwards every validation report (with its checkpoint path) to Tune.
+
+Faults: a worker failure is retried inside the trial by Ray Train (``distill.max_failures``),
+a failed trial is started again by Tune (``tune.max_failures``) and resumes from its Ray
+Train checkpoints; an interrupted sweep is picked up with ``Tuner.restore`` on the next run.
+
+Output: ``trials.csv`` (each trial's best validation row), ``trials.png`` (validation score
+per trial and step) and ``trials/<trial>/model`` (each trial's best checkpoint, exported), the
+ingredients of the ``soup`` stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from biolord_ray.config import PipelineConfig, TrainConfig, config_hash
+from biolord_ray.evaluation import kg_sets
+from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
+from biolord_ray.training import loop, targets
+
+log = logging.getLogger(__name__)
+
+STAGE = "distill"
+TRIALS_DIR = "trials"
+
+
+def make_loss(model, tcfg):
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MSELoss
+
+    class EmbeddingRegressionLoss(torch.nn.Module):
+        """sentence-transformers' ``MSELoss`` with keyword inputs: the loop calls
+        ``loss(**batch)`` for every phase."""
+
+        def __init__(self):
+            super().__init__()
+            self.mse = MSELoss(model)
+
+        def forward(self, text, target):
+            return self.mse([text], target)
+
+    return EmbeddingRegressionLoss()
+
+
+def make_collate(model):
+    import torch
+
+    def collate(batch: dict[str, np.ndarray]) -> dict:
+        return {"text": model.preprocess(list(batch["text"])),
+                "target": torch.from_numpy(np.stack(batch["target"]).astype(np.float32))}
+    return collate
+
+
+PHASE = loop.Phase("distill", make_loss, make_collate)
+
+
+def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
+    inputs = {"targets": run_dir.stage_identity(targets.STAGE),
+              "eval_sets": run_dir.stage_identity(kg_sets.STAGE)}
+    tune = {k: v for k, v in dataclasses.asdict(cfg.tune).items()
+            if k not in ("soup_top_k", "soup")}  # the soup stage's settings
+    settings = {"distill": cfg.distill, "tune": tune, "eval": cfg.eval}
+    name = f"tune-{config_hash({'settings': settings, 'inputs': inputs})[:12]}"
+    return run_stage(run_dir, STAGE, settings, inputs,
+                     lambda staging: _build(cfg, run_dir, staging, name, force), force=force)
+
+
+def grid_points(cfg: PipelineConfig) -> dict[str, list]:
+    """The grid's axes: seed, lr and the ``tune.grid`` extras."""
+    return {"seed": cfg.tune.seeds, "lr": cfg.tune.lrs, **cfg.tune.grid}
+
+
+def trial_config(base: TrainConfig, params: dict) -> TrainConfig:
+    return dataclasses.replace(base, **params)
+
+
+def trial_name(params: dict) -> str:
+    """A readable, path-safe name for a grid point: ``lr=2e-05_seed=0``."""
+    return re.sub(r"[^A-Za-z0-9.=_-]", "",
+                  "_".join(f"{k}={params[k]}" for k in sorted(params)))
+
+
+def distill_trial(params: dict, cfg: PipelineConfig, run_dir_uri: str, train_storage: str):
+    """One Tune trial: a Ray Train run of the distillation phase for one grid point.
+
+    Runs as the trial's function (a driver: the Train workers get their own resources). A
+    retried or restored trial resumes its Train run from the checkpoints under the same name.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from biolord_ray.evaluation import build_suite
+
+    run_dir = RunDir(run_dir_uri)
+    tcfg = trial_config(cfg.distill, params)
+    suite = build_suite(cfg.eval, tcfg.validation_suites, run_dir, fast=True) \
+        if tcfg.validation_suites else None
+    datasets = loop.read_datasets(run_dir.output(targets.STAGE, "train"),
+                                  run_dir.output(targets.STAGE, "validation"), run_dir.fs,
+                                  ["text", "target"], tcfg)
+    loop.fit(PHASE, tcfg, cfg.models, datasets, suite, train_storage, run_dir.fs,
+             trial_name(params), callbacks=[TuneReportCallback()])
+
+
+def trial_concurrency(cfg: PipelineConfig) -> int:
+    """``tune.max_concurrent_trials``, or as many trials as the cluster fits at once: a Ray
+    Train run starts only when all its workers fit, so more trial drivers would only wait."""
+    import ray
+
+    if cfg.tune.max_concurrent_trials:
+        return cfg.tune.max_concurrent_trials
+    tcfg, resources = cfg.distill, ray.cluster_resources()
+    if tcfg.use_gpu:
+        fits = resources.get("GPU", 0) // tcfg.num_workers
+    else:  # one CPU stays free for the Ray Data tasks that stream the rows
+        fits = (resources.get("CPU", 1) - 1) // (tcfg.num_workers * tcfg.cpus_per_worker
+                                                 + cfg.tune.cpus_per_trial)
+    return max(1, int(fits))
+
+
+def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
+           force: bool) -> StageOutputs:
+    from ray import tune
+
+    fs = run_dir.fs
+    storage = run_dir.path("_work", STAGE)
+    if force:
+        for folder in (f"{storage}/{name}", f"{storage}/train-{name}"):
+            if fs.get_file_info(folder).type != pafs.FileType.NotFound:
+                fs.delete_dir(folder)
+    trainable = tune.with_resources(
+        tune.with_parameters(distill_trial, cfg=cfg, run_dir_uri=run_dir.uri,
+                             train_storage=f"{storage}/train-{name}"),
+        {"cpu": cfg.tune.cpus_per_trial})
+    path = f"{storage}/{name}"
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        log.info("resuming the interrupted sweep at %s", path)
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=fs)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={k: tune.grid_search(v) for k, v in grid_points(cfg).items()},
+            tune_config=tune.TuneConfig(metric=loop.SCORE, mode="max",
+                                        max_concurrent_trials=trial_concurrency(cfg)),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, storage_filesystem=fs,
+                failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures)))
+    grid = tuner.fit()
+    # Tune returns normally after Ctrl+C (its state is saved): keep the stage incomplete so
+    # the next run restores the sweep instead of souping what finished.
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished:
+        raise RuntimeError(f"the sweep was interrupted with {unfinished} of {len(grid)} "
+                           f"trials unfinished; run again to resume it from {path}")
+    return export_trials(cfg, run_dir, staging, grid)
+
+
+def export_trials(cfg: PipelineConfig, run_dir: RunDir, staging: str, grid) -> StageOutputs:
+    """Each finished trial's best checkpoint -> ``trials/<name>/model``, with the table and
+    plot of the trials (``ResultGrid.get_dataframe``: each trial's best reported row)."""
+    import pandas as pd
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    axes = list(grid_points(cfg))
+    best = grid.get_dataframe(filter_metric=loop.SCORE, filter_mode="max")
+    failed = [r for r in grid if r.error is not None]
+    for result in failed:
+        log.error("trial %s failed: %s", result.path, result.error)
+    best = best[best[CHECKPOINT_PATH_KEY].notna()] if CHECKPOINT_PATH_KEY in best else best[:0]
+    if best.empty:
+        raise RuntimeError(f"every distillation trial failed ({len(failed)}); first error: "
+                           f"{failed[0].error if failed else 'no trial reported a checkpoint'}")
+    best = best.sort_values(loop.SCORE, ascending=False).reset_index(drop=True)
+    # The grid point of each trial (config/<axis>; the reported metrics have an "lr" too).
+    params = best[[f"config/{a}" for a in axes]].set_axis(axes, axis=1)
+    best["trial"] = [trial_name(dict(zip(axes, point, strict=True)))
+                     for point in params.itertuples(index=False)]
+    for _, row in best.iterrows():
+        pafs.copy_files(f"{row[CHECKPOINT_PATH_KEY]}/{loop.EXPORT_SUBDIR}",
+                        f"{staging}/{TRIALS_DIR}/{row['trial']}/{loop.EXPORT_SUBDIR}",
+                        source_filesystem=run_dir.fs, destination_filesystem=run_dir.fs)
+    best["model"] = [f"{TRIALS_DIR}/{t}/{loop.EXPORT_SUBDIR}" for t in best["trial"]]
+    metrics = [c for c in best.columns if c == loop.SCORE or c.startswith("val")]
+    table = pd.concat([best[["trial"]], params, best[["step", *sorted(metrics), "model"]]],
+                      axis=1)
+    curves = {trial_name({a: r.config[a] for a in axes}): r.metrics_dataframe
+              for r in grid if r.error is None and r.metrics_dataframe is not None}
+    # The base model's score (step 0, validated before training; the same in every trial).
+    with run_dir.fs.open_input_stream(
+            f"{best[CHECKPOINT_PATH_KEY].iloc[0]}/{loop.STATE_FILE}") as f:
+        base_score = json.loads(f.read())["history"][0][loop.SCORE]
+    _write_table_and_plot(run_dir, staging, table, curves, base_score)
+    counts = {"trials": len(table), "failed_trials": len(failed),
+              "best_trial": table["trial"].iloc[0], "base_val_score": round(base_score, 4),
+              "best_val_score": round(float(table[loop.SCORE].iloc[0]), 4),
+              "worst_val_score": round(float(table[loop.SCORE].iloc[-1]), 4)}
+    return StageOutputs(outputs={"trials": "trials.csv", "plot": "trials.png"}, counts=counts)
+
+
+def _write_table_and_plot(run_dir: RunDir, staging: str, table, curves: dict,
+                          base_score: float) -> None:
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory(prefix="biolord-trials-") as local:
+        table.to_csv(f"{local}/trials.csv", index=False, float_format="%.6g")
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for trial, frame in sorted(curves.items()):
+            frame = frame.dropna(subset=[loop.SCORE])
+            ax.plot(frame["step"], frame[loop.SCORE], marker="o", label=trial)
+        ax.axhline(base_score, color="gray", linestyle="--", label="base model (step 0)")
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("validation score (fast suite)")
+        ax.set_title(f"Distillation grid: {len(curves)} trials")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(f"{local}/trials.png", dpi=120)
+        plt.close(fig)
+        pafs.copy_files(local, staging, destination_filesystem=run_dir.fs)

@@ -1,0 +1,288 @@
+"""Stage ``soup``: the model soup of the distillation trials (BioLORD-2023) and the best single
+trial (BioLORD-2023-S).
+
+The ingredients are the ``distill`` stage's trials (Ray Tune's ResultGrid: each trial's best
+checkpoint), in order of validation score. Two soups, parameters averaged exactly (float64
+sums, one division):
+
+* uniform: the best ``tune.soup_top_k`` trials;
+* greedy (Wortsman et al., 2022): start from the best trial, add the next one only if the
+  soup's validation score (the fast suite the trials were ranked by) goes up.
+
+``tune.soup`` picks the one exported as ``model/``; the best trial is exported as
+``model_s/``. ``evaluation/`` scores the teacher, the best trial and both soups on the full
+evaluation suite; ``soup.csv``/``soup.png`` show each trial and each greedy step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from biolord_ray.config import PipelineConfig
+from biolord_ray.evaluation import kg_sets
+from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
+from biolord_ray.training import distill, loop, targets
+
+log = logging.getLogger(__name__)
+
+STAGE = "soup"
+SINGLE_SUBDIR = "model_s"
+
+
+# ---------------------------------------------------------------------------------------
+# Averaging and selection
+
+def average_state_dicts(states: list[dict]) -> dict:
+    """Parameter-wise mean of state dicts with the same keys and shapes.
+
+    Floating tensors are summed in float64 and divided once, then cast back; other tensors
+    (integer buffers such as position ids) must be equal in every ingredient."""
+    import torch
+
+    if not states:
+        raise ValueError("nothing to average")
+    keys = set(states[0])
+    for i, state in enumerate(states[1:], start=1):
+        if set(state) != keys:
+            raise ValueError(f"ingredient {i} has different parameters: "
+                             f"{sorted(keys ^ set(state))[:5]}")
+    averaged = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            total = torch.zeros(first.shape, dtype=torch.float64)
+            for state in states:
+                total += state[key].to(torch.float64)
+            averaged[key] = (total / len(states)).to(first.dtype)
+        else:
+            if any(not torch.equal(state[key], first) for state in states[1:]):
+                raise ValueError(f"{key}: non-floating tensor differs between ingredients")
+            averaged[key] = first.clone()
+    return averaged
+
+
+def average_models(model_dirs: list[str], out_dir: str) -> str:
+    """Average sentence-transformers model directories (every ``*.safetensors`` file: the
+    transformer and any module with weights) into ``out_dir``; the rest (tokenizer, pooling,
+    configs) is copied from the first ingredient."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dirs[0], out_dir, dirs_exist_ok=True)
+    weight_files = sorted(p.relative_to(out_dir) for p in Path(out_dir).rglob("*.safetensors"))
+    if not weight_files:
+        raise ValueError(f"{model_dirs[0]}: no *.safetensors weights to average")
+    for rel in weight_files:
+        states = [load_file(os.path.join(d, rel)) for d in model_dirs]
+        save_file(average_state_dicts(states), os.path.join(out_dir, rel),
+                  metadata={"format": "pt"})
+    (Path(out_dir) / "README.md").unlink(missing_ok=True)  # the first ingredient's card
+    return out_dir
+
+
+def greedy_soup(ingredients: list[str], score: Callable[[list[str]], float]) -> list[dict]:
+    """Greedy soup over ``ingredients`` (best first): each step scores the soup with the next
+    ingredient added and keeps it only if the score goes up. ``score(members)`` scores the
+    average of ``members``. Returns one row per step; the last row's ``members`` is the soup."""
+    members = [ingredients[0]]
+    best = score(members)
+    steps = [{"step": 0, "ingredient": ingredients[0], "score": best, "kept": True,
+              "members": list(members)}]
+    for i, candidate in enumerate(ingredients[1:], start=1):
+        value = score([*members, candidate])
+        kept = value > best
+        if kept:
+            members, best = [*members, candidate], value
+        steps.append({"step": i, "ingredient": candidate, "score": value, "kept": kept,
+                      "members": list(members)})
+        log.info("greedy soup step %d: + %s -> %.4f (%s)", i, candidate, value,
+                 "kept" if kept else "dropped")
+    return steps
+
+
+# ---------------------------------------------------------------------------------------
+# The stage
+
+def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
+    inputs = {"distill": run_dir.stage_identity(distill.STAGE),
+              "targets": run_dir.stage_identity(targets.STAGE),
+              "eval_sets": run_dir.stage_identity(kg_sets.STAGE)}
+    settings = {"soup_top_k": cfg.tune.soup_top_k, "soup": cfg.tune.soup,
+                "validation_suites": cfg.distill.validation_suites, "eval": cfg.eval}
+    return run_stage(run_dir, STAGE, settings, inputs,
+                     lambda staging: _build(cfg, run_dir, staging), force=force)
+
+
+def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
+    import pandas as pd
+
+    from biolord_ray.evaluation import build_suite, main_score
+    from biolord_ray.evaluation.embed import Embedder, load_sentence_model
+
+    with run_dir.fs.open_input_stream(run_dir.output(distill.STAGE, "trials")) as f:
+        trials = pd.read_csv(f).sort_values(loop.SCORE, ascending=False)
+    suite = build_suite(cfg.eval, cfg.distill.validation_suites, run_dir, fast=True)
+    with tempfile.TemporaryDirectory(prefix="biolord-soup-") as local:
+        ingredients = {}  # trial -> local model directory
+        for _, row in trials.iterrows():
+            ingredients[row["trial"]] = f"{local}/trials/{row['trial']}"
+            pafs.copy_files(run_dir.path(distill.STAGE, row["model"]),
+                            ingredients[row["trial"]], source_filesystem=run_dir.fs)
+        order = list(ingredients)
+        scores: dict[tuple, float] = {}
+
+        def score(members: list[str]) -> float:
+            key = tuple(sorted(members))
+            if key not in scores:
+                model_dir = ingredients[members[0]] if len(members) == 1 else average_models(
+                    [ingredients[m] for m in members], f"{local}/candidate")
+                model = load_sentence_model(model_dir)
+                scores[key] = main_score(suite.run(model, Embedder(model)))
+                shutil.rmtree(f"{local}/candidate", ignore_errors=True)
+            return scores[key]
+
+        steps = greedy_soup(order, score)
+        greedy_members = steps[-1]["members"]
+        uniform_members = order[:cfg.tune.soup_top_k]
+        uniform_score = score(uniform_members)
+        soups = {"greedy": average_models([ingredients[m] for m in greedy_members],
+                                          f"{local}/greedy"),
+                 "uniform": average_models([ingredients[m] for m in uniform_members],
+                                           f"{local}/uniform")}
+        out = f"{local}/out"
+        shutil.copytree(soups[cfg.tune.soup], f"{out}/{loop.EXPORT_SUBDIR}")
+        shutil.copytree(ingredients[order[0]], f"{out}/{SINGLE_SUBDIR}")
+        (Path(out) / SINGLE_SUBDIR / "README.md").unlink(missing_ok=True)
+
+        report = _evaluate(cfg, run_dir, out, soups)
+        _write_tables(out, trials, steps, uniform_members, uniform_score)
+        _write_cards(cfg, run_dir, out, trials, steps, uniform_members, report)
+        pafs.copy_files(out, staging, destination_filesystem=run_dir.fs)
+
+    counts = {"trials": len(order), "greedy_ingredients": len(greedy_members),
+              "uniform_ingredients": len(uniform_members),
+              "best_trial_val_score": round(steps[0]["score"], 4),
+              "greedy_val_score": round(scores[tuple(sorted(greedy_members))], 4),
+              "uniform_val_score": round(uniform_score, 4)}
+    if report:
+        counts.update({f"full_suite_{label}": round(m["score"], 4)
+                       for label, m in report["models"].items()})
+    outputs = {"model": loop.EXPORT_SUBDIR, "model_s": SINGLE_SUBDIR, "table": "soup.csv",
+               "plot": "soup.png"}
+    if report:
+        outputs["evaluation"] = "evaluation"
+    return StageOutputs(outputs=outputs, counts=counts)
+
+
+MODEL_LABELS = ["teacher", "best_trial", "soup_greedy", "soup_uniform"]
+
+
+def _evaluate(cfg: PipelineConfig, run_dir: RunDir, out: str, soups: dict) -> dict | None:
+    """Teacher, best trial and both soups on the full evaluation suite."""
+    from biolord_ray.evaluation import build_suite, evaluate_models
+    from biolord_ray.evaluation.report import write_report
+
+    if not cfg.eval.suites:
+        return None
+    specs = [targets.teacher_dir(cfg, run_dir), f"{out}/{SINGLE_SUBDIR}", soups["greedy"],
+             soups["uniform"]]
+    exported = run_dir.path(STAGE, loop.EXPORT_SUBDIR)
+    locations = [None, run_dir.path(STAGE, SINGLE_SUBDIR),
+                 *(exported if kind == cfg.tune.soup else f"not exported (tune.soup={kind})"
+                   for kind in ("greedy", "uniform"))]
+    report = evaluate_models(specs, build_suite(cfg.eval, cfg.eval.suites, run_dir), cfg,
+                             labels=MODEL_LABELS, locations=locations)
+    write_report(report, f"{out}/evaluation")
+    return report
+
+
+def _write_tables(out: str, trials, steps: list[dict], uniform_members: list[str],
+                  uniform_score: float) -> None:
+    """soup.csv (every trial and soup with its validation score) and soup.png."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{"model": t, "kind": "trial", "val_score": s, "members": t}
+            for t, s in zip(trials["trial"], trials[loop.SCORE], strict=True)]
+    rows += [{"model": f"greedy step {s['step']} (+{s['ingredient']})", "kind": "greedy step",
+              "val_score": s["score"], "kept": s["kept"], "members": " ".join(s["members"])}
+             for s in steps]
+    rows.append({"model": f"uniform soup of {len(uniform_members)}", "kind": "uniform soup",
+                 "val_score": uniform_score, "members": " ".join(uniform_members)})
+    with open(f"{out}/soup.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["model", "kind", "val_score", "kept", "members"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    greedy_final = next(s["score"] for s in reversed(steps) if s["kept"])
+    names = [*trials["trial"], "uniform soup", "greedy soup"]
+    values = [*trials[loop.SCORE], uniform_score, greedy_final]
+    left.barh(names, values, color=["tab:blue"] * len(trials) + ["tab:orange", "tab:green"])
+    left.set_xlim(min(values) - 0.01, max(values) + 0.005)
+    left.invert_yaxis()
+    left.set_xlabel("validation score (fast suite)")
+    left.set_title("Trials and soups")
+    right.plot([s["step"] for s in steps], [s["score"] for s in steps], color="gray", lw=1)
+    for s in steps:
+        right.scatter(s["step"], s["score"], marker="o" if s["kept"] else "x",
+                      color="tab:green" if s["kept"] else "tab:red", zorder=3)
+    right.set_xticks([s["step"] for s in steps])
+    right.set_xlabel("greedy step (next-best trial added)")
+    right.set_ylabel("soup validation score")
+    right.set_title("Greedy soup (o kept, x dropped)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(f"{out}/soup.png", dpi=120)
+    plt.close(fig)
+
+
+def _write_cards(cfg: PipelineConfig, run_dir: RunDir, out: str, trials, steps: list[dict],
+                 uniform_members: list[str], report: dict | None) -> None:
+    from biolord_ray.evaluation.report import markdown
+    from biolord_ray.training.export import write_model_card
+
+    counts = run_dir.completed(targets.STAGE)["counts"]
+    data = {"teacher": counts["teacher"], "training texts": counts["train_texts"],
+            "training concepts": counts["train_concepts"],
+            "validation texts": counts["validation_texts"]}
+    trial_rows = "; ".join(f"{t} {s:.4f}" for t, s in zip(trials["trial"], trials[loop.SCORE],
+                                                          strict=True))
+    greedy_members = steps[-1]["members"]
+    soup_members = greedy_members if cfg.tune.soup == "greedy" else uniform_members
+    evaluation = markdown(report) if report else None
+    common = {"Ray Tune grid": ", ".join(f"{k} {v}" for k, v in
+                                         distill.grid_points(cfg).items()),
+              "trials (validation score)": trial_rows}
+    write_model_card(
+        f"{out}/{loop.EXPORT_SUBDIR}", load_path=run_dir.path(STAGE, loop.EXPORT_SUBDIR),
+        section="distill", title="BioLORD-2023 style model (soup of self-distilled models)",
+        summary=f"A {cfg.tune.soup} model soup: the parameter-wise average of "
+                f"{len(soup_members)} self-distillation runs of the base model, each trained "
+                "to reproduce the contrastive model's concept embeddings (the mean of a "
+                "concept's names and definitions) for its names and definitions.",
+        cfg=cfg, tcfg=cfg.distill, data=data,
+        training={**common, "soup": f"{cfg.tune.soup}: {', '.join(soup_members)}",
+                  "greedy steps": json.dumps([[s["ingredient"], round(s["score"], 4),
+                                               s["kept"]] for s in steps])},
+        evaluation_markdown=evaluation)
+    write_model_card(
+        f"{out}/{SINGLE_SUBDIR}", load_path=run_dir.path(STAGE, SINGLE_SUBDIR),
+        section="distill", title="BioLORD-2023-S style model (best self-distillation run)",
+        summary="The base model trained to reproduce the contrastive model's concept "
+                "embeddings (the mean of a concept's names and definitions) for its names and "
+                "definitions; the best trial of the Ray Tune grid by validation score.",
+        cfg=cfg, tcfg=cfg.distill, data=data,
+        training={**common, "selected trial": steps[0]["ingredient"]},
+        evaluation_markdown=evaluation)
