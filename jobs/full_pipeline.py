@@ -1,17 +1,20 @@
 """The main job: every stage of the pipeline in order, driven by one config.
 
     .venv/bin/python jobs/full_pipeline.py                    # embedded default -> runs/tiny
+    .venv/bin/python jobs/full_pipeline.py --from distill     # rerun distill and what follows
+    .venv/bin/python jobs/full_pipeline.py --only soup        # rerun one stage
     ray job submit --working-dir . -- python jobs/full_pipeline.py --config paper \
         --set kg.path=/data/umls/META --run-dir s3://bucket/biolord
 
 Stages already complete for the same config and inputs are skipped, so a rerun resumes.
 Stages: ingest_kg, eval_sets (the held-out KG evaluation sets), generate_definitions,
 build_pairs, train_contrastive (model -C), teacher_targets, distill (the Ray Tune grid of
-self-distillation runs), soup (model -S and the soup).
+self-distillation runs), soup (model -S and the soup), report (<run_dir>/report/README.md).
 """
 
 import json
 
+from biolord_ray import report
 from biolord_ray.cli import config_from_args, stage_parser
 from biolord_ray.definitions import generate
 from biolord_ray.evaluation import kg_sets
@@ -30,14 +33,41 @@ STAGES = {
     distill.STAGE: distill.run,
     soup.STAGE: soup.run,
 }
+# Last: the report of every stage above (timings, counts, base vs -C vs -S vs soup).
+STAGES[report.STAGE] = lambda cfg, run_dir, force=False: report.run(
+    cfg, run_dir, [name for name in STAGES if name != report.STAGE], force=force)
+
+
+def forced_stages(args) -> set[str]:
+    """The stages to rerun even when complete: --force (all), --from STAGE (it and every
+    later one), --only STAGE."""
+    names = list(STAGES)
+    if args.force:
+        return set(names)
+    if args.from_stage:
+        return set(names[names.index(args.from_stage):])
+    return {args.only} if args.only else set()
+
 
 if __name__ == "__main__":
-    args = stage_parser(__doc__.splitlines()[0]).parse_args()
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--from", dest="from_stage", choices=list(STAGES),
+                        help="rerun this stage and every later one")
+    parser.add_argument("--only", choices=list(STAGES),
+                        help="run only this stage (rerun if complete); its inputs must exist")
+    args = parser.parse_args()
+    if args.from_stage and args.only:
+        parser.error("--from and --only exclude each other")
     cfg = config_from_args(args)
     run_dir = RunDir(cfg.run_dir)
     init_ray(cfg.ray)
+    forced = forced_stages(args)
     for name, run in STAGES.items():
-        record = run(cfg, run_dir, force=args.force)
+        if args.only and name != args.only:
+            continue
+        record = run(cfg, run_dir, force=name in forced)
         print(json.dumps({"stage": name, "status": record["status"],
                           "seconds": record["seconds"], "counts": record["counts"]}))
     print(f"run directory: {run_dir.uri} (manifest: {run_dir.path('manifest.json')})")
+    if run_dir.stage_record(report.STAGE):
+        print(f"report: {run_dir.output(report.STAGE, 'readme')}")

@@ -31,8 +31,9 @@ VLLM_SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         from vllm import LLM, SamplingParams
 
+        # float32: on CPUs with AVX512-BF16 vLLM would pick bf16, whose greedy path differs.
         llm = LLM(model=sys.argv[1], enforce_eager=True, gpu_memory_utilization=0.1,
-                  max_model_len=1024, kv_cache_memory_bytes=256 << 20)
+                  dtype="float32", max_model_len=1024, kv_cache_memory_bytes=256 << 20)
         params = SamplingParams(max_tokens=16, temperature=0.0)
         chats = [[{"role": "user", "content": "What is the capital of France?"}],
                  [{"role": "user", "content": "Define asthma in one sentence."}]]

@@ -25,12 +25,14 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
 
 
 def _benchmarks(report: dict) -> list[tuple[str, dict]]:
-    """(name, metrics of the first model that has it), in first-seen order."""
+    """(name, metrics of the first model that has it), in the suite's order (results.json
+    stores the metrics with sorted keys), then any others in first-seen order."""
     seen: dict[str, dict] = {}
     for model in report["models"].values():
         for name, result in model["benchmarks"].items():
             seen.setdefault(name, result)
-    return list(seen.items())
+    order = [n for n in report.get("benchmarks", []) if n in seen]
+    return [(n, seen[n]) for n in order + [n for n in seen if n not in order]]
 
 
 def markdown(report: dict) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 
 import numpy as np
@@ -159,11 +160,13 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
                 failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures)))
     grid = tuner.fit()
     # Tune returns normally after Ctrl+C (its state is saved): keep the stage incomplete so
-    # the next run restores the sweep instead of souping what finished.
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    # the next run restores the sweep instead of souping what finished. Trials not yet started
+    # are not in the grid at all, so count against the grid's size.
+    points = math.prod(len(values) for values in grid_points(cfg).values())
+    unfinished = points - grid.num_terminated - grid.num_errors
     if unfinished:
-        raise RuntimeError(f"the sweep was interrupted with {unfinished} of {len(grid)} "
-                           f"trials unfinished; run again to resume it from {path}")
+        raise RuntimeError(f"the sweep was interrupted with {unfinished} of {points} trials "
+                           f"unfinished; run again to resume it from {path}")
     return export_trials(cfg, run_dir, staging, grid)
 
 

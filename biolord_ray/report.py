@@ -1,0 +1,119 @@
+"""Stage ``report``: the run's final report, in ``<run_dir>/report/``.
+
+* ``results.md/.json/.png``: the base model, -C (contrastive), -S (best distillation trial)
+  and the soup on every benchmark of the full suite. The scores are the ones the
+  ``train_contrastive`` and ``soup`` stages measured on that same suite (no model is
+  embedded twice);
+* ``README.md``: where each model lives, the stage timings and counts from the manifest;
+* ``timings.png``: seconds per stage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+
+import pyarrow.fs as pafs
+
+from biolord_ray.config import PipelineConfig
+from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
+from biolord_ray.training import contrastive, soup
+
+STAGE = "report"
+
+
+def run(cfg: PipelineConfig, run_dir: RunDir, stages: list[str],
+        force: bool = False) -> dict:
+    """``stages``: the pipeline's stages, in order (their timings go in the report)."""
+    inputs = {name: run_dir.stage_identity(name) for name in stages}
+    return run_stage(run_dir, STAGE, {"eval": cfg.eval, "tune.soup": cfg.tune.soup}, inputs,
+                     lambda staging: _build(cfg, run_dir, staging, stages), force=force)
+
+
+def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str,
+           stages: list[str]) -> StageOutputs:
+    from biolord_ray.evaluation.report import markdown, write_report
+
+    records = {name: run_dir.completed(name) for name in stages}
+    outputs = {"readme": "README.md", "timings": "timings.png"}
+    with tempfile.TemporaryDirectory(prefix="biolord-report-") as local:
+        report = None
+        if cfg.eval.suites:
+            report = combined_report(cfg, run_dir)
+            write_report(report, local)
+            outputs.update(results="results.md", chart="results.png")
+        _plot_timings(records, f"{local}/timings.png")
+        with open(f"{local}/README.md", "w") as f:
+            f.write(_readme(cfg, run_dir, records, markdown(report) if report else None))
+        pafs.copy_files(local, staging, destination_filesystem=run_dir.fs)
+    counts = {"total_seconds": round(sum(r["seconds"] for r in records.values()), 1)}
+    if report:
+        counts.update({f"score_{label}": round(m["score"], 4)
+                       for label, m in report["models"].items()})
+    return StageOutputs(outputs=outputs, counts=counts)
+
+
+def combined_report(cfg: PipelineConfig, run_dir: RunDir) -> dict:
+    """One report of base, -C, -S and soup from the two stages that scored them."""
+    def results(stage: str) -> dict:
+        with run_dir.fs.open_input_stream(
+                f"{run_dir.output(stage, 'evaluation')}/results.json") as f:
+            return json.loads(f.read())
+
+    trained, souped = results(contrastive.STAGE), results(soup.STAGE)
+    base_label, contrastive_label = list(trained["models"])
+    models = {f"base ({base_label})": trained["models"][base_label],
+              "BioLORD-C (contrastive)": trained["models"][contrastive_label],
+              "BioLORD-S (best distillation trial)": souped["models"]["best_trial"],
+              f"BioLORD (soup, {cfg.tune.soup})": souped["models"][f"soup_{cfg.tune.soup}"]}
+    return {"fast": False, "benchmarks": trained["benchmarks"], "models": models,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+
+
+def _readme(cfg: PipelineConfig, run_dir: RunDir, records: dict, results_md: str | None) -> str:
+    total = sum(r["seconds"] for r in records.values())
+    lines = [f"# biolord-ray run report: {run_dir.uri}", "",
+             f"Knowledge graph `{cfg.kg.format}`"
+             + (f", first {cfg.kg.max_concepts} concepts" if cfg.kg.max_concepts else "")
+             + f"; base model `{cfg.contrastive.base_model}`.", "",
+             "## Models", "",
+             f"- BioLORD-C (contrastive): `{run_dir.output(contrastive.STAGE, 'model')}`",
+             f"- BioLORD-S (best distillation trial): `{run_dir.output(soup.STAGE, 'model_s')}`",
+             f"- BioLORD (soup, {cfg.tune.soup}): `{run_dir.output(soup.STAGE, 'model')}`",
+             ""]
+    if results_md:
+        lines += [results_md.replace("# Evaluation (full suite)", "## Evaluation (full suite)"),
+                  "![results](results.png)", ""]
+    lines += ["## Stages", "", f"Total: {total:.0f} s ({total / 60:.1f} min).", "",
+              "| stage | seconds | counts |", "|---|---:|---|"]
+    lines += [f"| {name} | {r['seconds']:.1f} | {_counts(r['counts'])} |"
+              for name, r in records.items()]
+    lines += ["", "![timings](timings.png)", ""]
+    return "\n".join(lines)
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()
+                     if not isinstance(v, (dict, list)) and not str(v).startswith("/"))
+
+
+def _plot_timings(records: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(records)
+    seconds = [records[n]["seconds"] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    ax.barh(names, seconds, color="tab:blue")
+    ax.invert_yaxis()
+    for i, value in enumerate(seconds):
+        ax.text(value, i, f" {value:.0f} s", va="center", fontsize=8)
+    ax.set_xlabel("seconds")
+    ax.set_title(f"Stage wall time (total {sum(seconds) / 60:.1f} min)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
