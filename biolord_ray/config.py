@@ -200,7 +200,7 @@ class TargetsConfig:
     include_descriptions: bool = False
     # Ray Data encoder actors (one model copy each) and texts per encode call.
     concurrency: int = 1
-    num_gpus: float = 0
+    num_gpus: float = 0.0
     batch_size: int = 64
     # Partitions of the two group-by-concept shuffles (Ray's default of 200 is tuned for
     # clusters; each partition is a task).
@@ -273,7 +273,7 @@ class EvalConfig:
     # instead of in the calling process.
     ray_min_texts: int = 20_000
     encoder_concurrency: int = 1
-    encoder_num_gpus: float = 0
+    encoder_num_gpus: float = 0.0
 
 
 @dataclass

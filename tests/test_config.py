@@ -131,3 +131,20 @@ def test_eval_settings_are_checked():
     with pytest.raises(ConfigError, match=r"eval.benchmarks\[0\].preset .*unknown preset "
                                           "'umnsrs'; known: umnsrs-sim"):
         load_config(None, [f"eval.benchmarks=[{{name: u, preset: umnsrs, path: {__file__}}}]"])
+
+
+def test_config_survives_a_yaml_round_trip_with_the_same_hash(tmp_path):
+    """A job process given the config as a file must find the same stage identities (a
+    float default written as 0 would hash differently from the 0.0 read back)."""
+    import dataclasses
+    import json
+
+    from biolord_ray.config import config_hash, to_dict
+
+    cfg = load_config("tiny")
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(to_dict(cfg)))
+    again = load_config(str(path))
+    for section in dataclasses.fields(cfg):
+        assert config_hash(getattr(again, section.name)) == config_hash(
+            getattr(cfg, section.name)), section.name

@@ -56,12 +56,15 @@ def test_targets_grid_interrupted_and_resumed_then_soup(distill_cfg, tmp_path):
 
     # The sweep, interrupted (Ctrl+C) once its first trial has finished ...
     first_trial = _interrupt_sweep_after_first_trial(cfg, tmp_path)
-    finished_at = _checkpoint_times(first_trial)
-    assert finished_at, "the first trial left no checkpoint"
-    # ... and resumed (Tuner.restore): only the unfinished trial trains.
+    finished_states = _checkpoint_states(first_trial)
+    assert finished_states, "the first trial left no checkpoint"
+    # ... and resumed (Tuner.restore of the same experiment): only the unfinished trial trains.
     record = distill.run(cfg, run_dir)
     assert record["counts"]["trials"] == 2 and record["counts"]["failed_trials"] == 0
-    assert _checkpoint_times(first_trial) == finished_at
+    assert len(list((Path(cfg.run_dir) / "_work" / distill.STAGE).glob("tune-*"))) == 1
+    # The finished trial was not trained again: its run only reported its final checkpoint
+    # once more (every checkpoint holds the same loop state).
+    assert _checkpoint_states(first_trial) == finished_states
     with open(run_dir.output(distill.STAGE, "trials")) as f:
         trials = list(csv.DictReader(f))
     assert sorted(t["trial"] for t in trials) == ["lr=0.0001_seed=0", "lr=0.0001_seed=1"]
@@ -132,5 +135,7 @@ def _interrupt_sweep_after_first_trial(cfg, tmp_path) -> Path:
     return Path(result["checkpoint_path"]).parent
 
 
-def _checkpoint_times(train_run: Path) -> dict:
-    return {p.name: p.stat().st_mtime for p in train_run.glob("checkpoint_*")}
+def _checkpoint_states(train_run: Path) -> set[str]:
+    """The distinct loop states saved in a Ray Train run's checkpoints."""
+    return {(p / loop.STATE_FILE).read_text() for p in train_run.glob("checkpoint_*")
+            if p.is_dir()}

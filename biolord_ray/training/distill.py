@@ -161,9 +161,12 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
     grid = tuner.fit()
     # Tune returns normally after Ctrl+C (its state is saved): keep the stage incomplete so
     # the next run restores the sweep instead of souping what finished. Trials not yet started
-    # are not in the grid at all, so count against the grid's size.
+    # are not in the grid at all, and Tune marks the interrupted ones terminated, so count the
+    # trials whose last report is their run's last step against the grid's size.
     points = math.prod(len(values) for values in grid_points(cfg).values())
-    unfinished = points - grid.num_terminated - grid.num_errors
+    finished = sum(1 for r in grid if r.error is None
+                   and r.metrics.get("step", -1) >= r.metrics.get("total_steps", math.inf))
+    unfinished = points - finished - grid.num_errors
     if unfinished:
         raise RuntimeError(f"the sweep was interrupted with {unfinished} of {points} trials "
                            f"unfinished; run again to resume it from {path}")
@@ -198,8 +201,11 @@ def export_trials(cfg: PipelineConfig, run_dir: RunDir, staging: str, grid) -> S
     metrics = [c for c in best.columns if c == loop.SCORE or c.startswith("val")]
     table = pd.concat([best[["trial"]], params, best[["step", *sorted(metrics), "model"]]],
                       axis=1)
+    # Each trial's validation curve; a trial resumed by Tuner.restore can come back without
+    # its earlier rows (its best row is in the table either way).
     curves = {trial_name({a: r.config[a] for a in axes}): r.metrics_dataframe
-              for r in grid if r.error is None and r.metrics_dataframe is not None}
+              for r in grid if r.error is None and r.metrics_dataframe is not None
+              and loop.SCORE in r.metrics_dataframe}
     # The base model's score (step 0, validated before training; the same in every trial).
     with run_dir.fs.open_input_stream(
             f"{best[CHECKPOINT_PATH_KEY].iloc[0]}/{loop.STATE_FILE}") as f:

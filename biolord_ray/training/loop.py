@@ -205,6 +205,13 @@ def train_loop_per_worker(config: dict) -> None:
         state.history.append(run.validate(state, base_dir))
     run.start_window()
     resumed_from = run.first_step = state.step
+    if checkpoint and state.step >= total_steps:
+        # Finished before this restart (e.g. a Tune trial restarted after its run ended):
+        # report the final result again so that the caller's view (Tune) has it.
+        ray.train.report({**state.history[-1], "resumed_from": resumed_from,
+                          "total_steps": total_steps},
+                         checkpoint=checkpoint if rank == 0 else None)
+        return
 
     train_shard = ray.train.get_dataset_shard("train")
     done = state.step >= total_steps
@@ -248,6 +255,7 @@ class _Run:
         self.phase_name = config["phase"].name
         self.suite = config["suite"]
         self.has_validation = config["has_validation"]
+        self.total_steps = config["total_steps"]
         self.rank, self.world_size, self.device = rank, world_size, device
         self.started = time.time()
         self.first_step = 0
@@ -355,7 +363,8 @@ class _Run:
                 with open(os.path.join(directory, STATE_FILE), "w") as f:
                     json.dump(state.__dict__, f, default=float)
                 self.gauges["val_score"].set(row[SCORE], {"phase": self.phase_name})
-            ray.train.report({**row, "seconds": time.time() - self.started},
+            ray.train.report({**row, "seconds": time.time() - self.started,
+                              "total_steps": self.total_steps},
                              checkpoint=ray.train.Checkpoint.from_directory(directory))
         self.start_window()
 
