@@ -102,14 +102,12 @@ def run_bare(table, model_dir: str, batch_size: int, threads: int) -> dict:
 def run_pipeline(table, model_dir: str, tcfg) -> dict:
     import ray.data
 
-    from biolord_ray.evaluation.embed import load_sentence_model
     from biolord_ray.training import targets
 
     targets.check_room_for_shuffles(tcfg)
-    dim = load_sentence_model(model_dir, device="cpu").get_embedding_dimension()
     source = ray.data.from_arrow(table).materialize()
     started = time.perf_counter()
-    out = targets.teacher_targets(source, model_dir, tcfg, dim).materialize()
+    out = targets.teacher_targets(source, model_dir, tcfg).materialize()
     seconds = time.perf_counter() - started
     texts = out.count()
     return {"texts": texts, "concepts": len(out.unique("concept_id")),

@@ -1,4 +1,9 @@
 import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +36,53 @@ def hpo_run(ray_local, tmp_path_factory):
                              f"run_dir={path}"])
     record = ingest.run(cfg, RunDir(cfg.run_dir))
     return cfg, RunDir(cfg.run_dir), record
+
+
+@pytest.fixture(scope="session")
+def node_metrics(ray_local):
+    """``wait_for(prefix, found)``: lines of the local node's Prometheus endpoint (what the
+    dashboard's metrics view and Prometheus/Grafana read) starting with ``prefix``, polled
+    until ``found(lines)`` is true (Ray exports metrics every few seconds)."""
+
+    def wait_for(prefix: str, found, timeout: float = 60) -> list[str]:
+        port = ray_local.nodes()[0]["MetricsExportPort"]
+        deadline, lines = time.time() + timeout, []
+        while time.time() < deadline:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            lines = [line for line in text.splitlines() if line.startswith(prefix)]
+            if found(lines):
+                return lines
+            time.sleep(1)
+        raise AssertionError(f"{prefix} metrics not exported; found {lines}")
+
+    return wait_for
+
+
+def assert_dashboard_locked(url: str) -> None:
+    """Ray's security defaults on a dashboard/job server at ``url`` (http://127.0.0.1:PORT):
+    nothing answers on the machine's other addresses, and the API refuses a request without
+    the cluster's token."""
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1])
+    outside = [a.address for addresses in psutil.net_if_addrs().values() for a in addresses
+               if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    for address in outside:
+        with pytest.raises(OSError):
+            socket.create_connection((address, port), timeout=3).close()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{url}/api/jobs/", timeout=30)
+    assert refused.value.code == 401
+
+
+def readable_rows(folder) -> int:
+    """Rows in the Parquet files of ``folder`` that can be read (a kill may cut one short)."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for path in Path(folder).glob("*.parquet"):
+        try:
+            rows += pq.read_metadata(path).num_rows
+        except Exception:  # noqa: BLE001 - a file cut short by the kill
+            pass
+    return rows

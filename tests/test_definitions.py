@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
+from conftest import readable_rows
 
 from biolord_ray.definitions import validate
 from biolord_ray.definitions.generate import DEFINITION_SCHEMA
@@ -74,16 +75,6 @@ def _kill_tree(process: subprocess.Popen) -> None:
     process.wait(timeout=60)
 
 
-def _readable_rows(folder: Path) -> int:
-    rows = 0
-    for path in folder.glob("*.parquet"):
-        try:
-            rows += pq.read_metadata(path).num_rows
-        except Exception:  # noqa: BLE001 - a file cut short by the kill
-            pass
-    return rows
-
-
 @pytest.mark.slow
 def test_generation_killed_midway_resumes_without_loss_or_duplicates(tmp_path):
     run_dir = tmp_path / "run"
@@ -92,12 +83,12 @@ def test_generation_killed_midway_resumes_without_loss_or_duplicates(tmp_path):
     first = subprocess.Popen(_job_args(run_dir), stdout=log, stderr=subprocess.STDOUT,
                              cwd=ROOT, start_new_session=True)
     deadline = time.time() + 600
-    while time.time() < deadline and first.poll() is None and _readable_rows(shards) < 8:
+    while time.time() < deadline and first.poll() is None and readable_rows(shards) < 8:
         time.sleep(0.5)
     assert first.poll() is None, "the job ended before it could be killed: " + \
         (tmp_path / "first.log").read_text()[-3000:]
     _kill_tree(first)
-    done_before = _readable_rows(shards)
+    done_before = readable_rows(shards)
     assert 8 <= done_before < N_CONCEPTS
 
     second = subprocess.run(_job_args(run_dir), capture_output=True, text=True, cwd=ROOT,
@@ -131,27 +122,14 @@ def test_generation_killed_midway_resumes_without_loss_or_duplicates(tmp_path):
     assert not (run_dir / "_work" / "generate_definitions").exists()
 
 
-def test_answer_metrics_reach_the_node_metrics_endpoint(ray_local):
-    """Counters incremented in Ray workers appear on the node's Prometheus endpoint, which
-    is what the dashboard's metrics view and Prometheus/Grafana read."""
-    import urllib.request
-
-    import ray
-
+def test_answer_metrics_reach_the_node_metrics_endpoint(ray_local, node_metrics):
+    """Counters incremented in Ray workers appear on the node's Prometheus endpoint."""
     from biolord_ray.definitions import generate
 
-    @ray.remote(num_cpus=0)
+    @ray_local.remote(num_cpus=0)
     def answer(reason, tokens):
         generate._record_answer(reason, tokens)
 
-    ray.get([answer.remote("", 12), answer.remote("off_topic", 5)])
-    port = ray.nodes()[0]["MetricsExportPort"]
-    deadline, lines = time.time() + 60, []
-    while time.time() < deadline:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-        lines = [line for line in text.splitlines()
-                 if line.startswith("ray_biolord_definitions_generated_total")]
-        if all(any(f'outcome="{o}"' in line for line in lines) for o in ("valid", "off_topic")):
-            return
-        time.sleep(1)
-    raise AssertionError(f"biolord metrics not exported; found {lines}")
+    ray_local.get([answer.remote("", 12), answer.remote("off_topic", 5)])
+    node_metrics("ray_biolord_definitions_generated_total", lambda lines: all(
+        any(f'outcome="{o}"' in line for line in lines) for o in ("valid", "off_topic")))

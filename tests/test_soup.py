@@ -32,8 +32,8 @@ def test_targets_are_the_normalised_mean_of_names_and_definitions(ray_local):
         "source": ["HPO", "kg", "HPO", "kg", "HPO", "HPO"],
     })
     model_dir = _minilm_dir()
-    rows = targets.teacher_targets(ray.data.from_arrow(pairs), model_dir, TargetsConfig(),
-                                   dim=384).to_pandas()
+    rows = targets.teacher_targets(ray.data.from_arrow(pairs), model_dir,
+                                   TargetsConfig()).to_pandas()
 
     # Each distinct name and definition once; KG descriptions left out by default; a
     # definition equal to a name counts once, as the name.

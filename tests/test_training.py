@@ -38,7 +38,7 @@ def train_cfg(hpo_run, tmp_path):
     return cfg, run_dir
 
 
-def test_two_worker_deepspeed_run_learns_and_exports(train_cfg):
+def test_two_worker_deepspeed_run_learns_and_exports(train_cfg, node_metrics):
     import torch
     import torch.nn.functional as F
     from sentence_transformers import SentenceTransformer
@@ -80,6 +80,15 @@ def test_two_worker_deepspeed_run_learns_and_exports(train_cfg):
     # Trained: the weights moved away from the base model's.
     base = SentenceTransformer(str(Path(_base_dir())), device="cpu").encode(texts)
     assert not np.allclose(base, st_vectors, atol=1e-3)
+
+    # The workers' gauges reached the node's metrics endpoint (the dashboard's source).
+    def exported(lines, value=None):
+        return any('phase="contrastive"' in line and (value is None or line.endswith(value))
+                   for line in lines)
+
+    node_metrics("ray_biolord_train_step", lambda lines: exported(lines, " 12.0"))
+    node_metrics("ray_biolord_train_pairs_per_second", exported)
+    node_metrics("ray_biolord_train_val_score", exported)
 
 
 def test_killed_worker_resumes_from_last_checkpoint(train_cfg):

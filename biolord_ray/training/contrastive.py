@@ -10,6 +10,7 @@ compares the base and trained models on the full evaluation suite.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -69,41 +70,33 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
     if force and fs.get_file_info(f"{storage}/{name}").type != pafs.FileType.NotFound:
         fs.delete_dir(f"{storage}/{name}")
     result = loop.fit(PHASE, tcfg, cfg.models, datasets, suite, storage, fs, name)
-    return finish(cfg, tcfg, run_dir, staging, result, STAGE, "contrastive",
-                  title="BioLORD-2023-C style contrastive model",
-                  summary="Concept names aligned with their definitions and knowledge-graph "
-                          "descriptions by contrastive training (in-batch negatives, "
-                          "same-concept rows masked), the first phase of BioLORD-2023.",
-                  data=_data_summary(run_dir))
+    return _export(cfg, run_dir, staging, result)
 
 
-def finish(cfg: PipelineConfig, tcfg, run_dir: RunDir, staging: str, result, stage: str,
-           section: str, title: str, summary: str, data: dict) -> StageOutputs:
-    """Export the best checkpoint's model with a model card, the training history and an
-    evaluation of base vs trained model, into ``staging`` (published as ``stage``; the
-    model trained with config section ``section``)."""
+def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> StageOutputs:
+    """The best checkpoint's model with a model card, the training history and an evaluation
+    of base vs trained model, into ``staging``."""
     from biolord_ray.evaluation import build_suite, evaluate_models, model_label
     from biolord_ray.evaluation.report import markdown, write_report
     from biolord_ray.training.export import write_history, write_model_card
 
+    tcfg, data = cfg.contrastive, _data_summary(run_dir)
     best, best_metrics = max(result.best_checkpoints, key=lambda c: c[1][loop.SCORE])
     with result.checkpoint.as_directory() as latest:
-        import json
-
         with open(os.path.join(latest, loop.STATE_FILE)) as f:
             history = json.load(f)["history"]
     with tempfile.TemporaryDirectory(prefix="biolord-export-") as local:
         model_dir = os.path.join(local, loop.EXPORT_SUBDIR)
         with best.as_directory() as directory:
             pafs.copy_files(os.path.join(directory, loop.EXPORT_SUBDIR), model_dir)
-        write_history(history, local, f"{section}: {tcfg.base_model} "
+        write_history(history, local, f"contrastive: {tcfg.base_model} "
                                       f"({data['training pairs']} pairs)")
         report_md = None
         if cfg.eval.suites:
             suite = build_suite(cfg.eval, cfg.eval.suites, run_dir)
             report = evaluate_models([tcfg.base_model, model_dir], suite, cfg,
-                                     labels=[model_label(tcfg.base_model), section],
-                                     locations=[None, run_dir.path(stage, loop.EXPORT_SUBDIR)])
+                                     labels=[model_label(tcfg.base_model), "contrastive"],
+                                     locations=[None, run_dir.path(STAGE, loop.EXPORT_SUBDIR)])
             write_report(report, os.path.join(local, "evaluation"))
             report_md = markdown(report)
         steps = history[-1]["step"]
@@ -117,9 +110,13 @@ def finish(cfg: PipelineConfig, tcfg, run_dir: RunDir, staging: str, result, sta
                                    f"(fast-suite score {best_metrics[loop.SCORE]:.4f}; "
                                    f"base model {history[0][loop.SCORE]:.4f})",
         }
-        write_model_card(model_dir, load_path=run_dir.path(stage, loop.EXPORT_SUBDIR),
-                         section=section, title=title, summary=summary, cfg=cfg, tcfg=tcfg,
-                         data=data, training=training, evaluation_markdown=report_md)
+        write_model_card(
+            model_dir, load_path=run_dir.path(STAGE, loop.EXPORT_SUBDIR), section="contrastive",
+            title="BioLORD-2023-C style contrastive model",
+            summary="Concept names aligned with their definitions and knowledge-graph "
+                    "descriptions by contrastive training (in-batch negatives, same-concept "
+                    "rows masked), the first phase of BioLORD-2023.",
+            cfg=cfg, tcfg=tcfg, data=data, training=training, evaluation_markdown=report_md)
         pafs.copy_files(local, staging, destination_filesystem=run_dir.fs)
     counts = {"steps": steps, "best_step": best_metrics["step"],
               "best_val_score": round(best_metrics[loop.SCORE], 4),

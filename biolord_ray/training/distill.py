@@ -19,7 +19,6 @@ ingredients of the ``soup`` stage.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import re
@@ -65,7 +64,7 @@ def make_collate(model):
     return collate
 
 
-PHASE = loop.Phase("distill", make_loss, make_collate)
+PHASE = loop.Phase("distill", make_loss, make_collate, validate_base=False)
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
@@ -170,10 +169,25 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
     if unfinished:
         raise RuntimeError(f"the sweep was interrupted with {unfinished} of {points} trials "
                            f"unfinished; run again to resume it from {path}")
-    return export_trials(cfg, run_dir, staging, grid)
+    return export_trials(cfg, run_dir, staging, grid, base_score(cfg, run_dir))
 
 
-def export_trials(cfg: PipelineConfig, run_dir: RunDir, staging: str, grid) -> StageOutputs:
+def base_score(cfg: PipelineConfig, run_dir: RunDir) -> float:
+    """The base model's validation score (every trial starts from it), for the plot."""
+    from biolord_ray.evaluation import build_suite, main_score
+    from biolord_ray.evaluation.embed import Embedder, load_sentence_model, sentence_model_dir
+
+    if not cfg.distill.validation_suites:
+        return math.nan
+    model = load_sentence_model(sentence_model_dir(
+        cfg.distill.base_model, cfg.models.cache_dir, cfg.models.trust_remote_code),
+        trust_remote_code=cfg.models.trust_remote_code)
+    suite = build_suite(cfg.eval, cfg.distill.validation_suites, run_dir, fast=True)
+    return main_score(suite.run(model, Embedder(model)))
+
+
+def export_trials(cfg: PipelineConfig, run_dir: RunDir, staging: str, grid,
+                  base_score: float) -> StageOutputs:
     """Each finished trial's best checkpoint -> ``trials/<name>/model``, with the table and
     plot of the trials (``ResultGrid.get_dataframe``: each trial's best reported row)."""
     import pandas as pd
@@ -206,10 +220,6 @@ def export_trials(cfg: PipelineConfig, run_dir: RunDir, staging: str, grid) -> S
     curves = {trial_name({a: r.config[a] for a in axes}): r.metrics_dataframe
               for r in grid if r.error is None and r.metrics_dataframe is not None
               and loop.SCORE in r.metrics_dataframe}
-    # The base model's score (step 0, validated before training; the same in every trial).
-    with run_dir.fs.open_input_stream(
-            f"{best[CHECKPOINT_PATH_KEY].iloc[0]}/{loop.STATE_FILE}") as f:
-        base_score = json.loads(f.read())["history"][0][loop.SCORE]
     _write_table_and_plot(run_dir, staging, table, curves, base_score)
     counts = {"trials": len(table), "failed_trials": len(failed),
               "best_trial": table["trial"].iloc[0], "base_val_score": round(base_score, 4),
@@ -233,7 +243,7 @@ def _write_table_and_plot(run_dir: RunDir, staging: str, table, curves: dict,
         for trial, frame in sorted(curves.items()):
             frame = frame.dropna(subset=[loop.SCORE])
             ax.plot(frame["step"], frame[loop.SCORE], marker="o", label=trial)
-        ax.axhline(base_score, color="gray", linestyle="--", label="base model (step 0)")
+        ax.axhline(base_score, color="gray", linestyle="--", label="base model")
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("validation score (fast suite)")
         ax.set_title(f"Distillation grid: {len(curves)} trials")

@@ -52,6 +52,9 @@ class Phase:
     # model -> function turning a batch of dataset rows (dict of numpy arrays) into those
     # keyword arguments (tensors).
     make_collate: Callable[[Any], Callable[[dict[str, np.ndarray]], dict]]
+    # Score the base model before training (step 0 of the history). The distillation grid
+    # turns it off: every trial starts from the same base model, scored once by the driver.
+    validate_base: bool = True
 
 
 @dataclass
@@ -170,6 +173,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from biolord_ray.evaluation.embed import load_sentence_model, sentence_model_dir
 
+    started = time.time()
     phase: Phase = config["phase"]
     tcfg: TrainConfig = config["train"]
     models: ModelsConfig = config["models"]
@@ -190,6 +194,8 @@ def train_loop_per_worker(config: dict) -> None:
         config=deepspeed_config(tcfg, world_size, total_steps))
     collate = phase.make_collate(model)
     run = _Run(engine, model, collate, tcfg, config, rank, world_size, device)
+    run.print(f"worker ready in {time.time() - started:.1f} s (model loaded, DeepSpeed "
+              "initialised)")
 
     state = LoopState()
     checkpoint = ray.train.get_checkpoint()
@@ -200,7 +206,7 @@ def train_loop_per_worker(config: dict) -> None:
                 state = LoopState(**json.load(f))
         run.print(f"resumed from the checkpoint of step {state.step} (epoch {state.epoch}, "
                   f"{state.micro_batch} micro-batches in)")
-    else:
+    elif phase.validate_base:
         # The base model's scores: step 0 of the validation curve.
         state.history.append(run.validate(state, base_dir))
     run.start_window()
@@ -232,7 +238,7 @@ def train_loop_per_worker(config: dict) -> None:
                 continue  # accumulating gradients
             state.step = engine.global_steps
             if state.step % tcfg.log_every == 0:
-                run.log_progress(state, total_steps)
+                run.log_progress(state)
             done = state.step >= total_steps
             if done or (tcfg.checkpoint_every and state.step % tcfg.checkpoint_every == 0):
                 run.checkpoint(state, resumed_from)
@@ -292,12 +298,12 @@ class _Run:
                    "lr": float(self.engine.get_lr()[0])}
         return metrics
 
-    def log_progress(self, state: LoopState, total_steps: int) -> None:
+    def log_progress(self, state: LoopState) -> None:
         metrics = self._window()
         # Steps and seconds of this attempt (a restarted worker group starts a new one).
         elapsed = time.time() - self.started
-        eta = elapsed / max(state.step - self.first_step, 1) * (total_steps - state.step)
-        self.print(f"step {state.step}/{total_steps} epoch {state.epoch} "
+        eta = elapsed / max(state.step - self.first_step, 1) * (self.total_steps - state.step)
+        self.print(f"step {state.step}/{self.total_steps} epoch {state.epoch} "
                    f"loss {metrics['train_loss']:.4f} lr {metrics['lr']:.2e} "
                    f"{metrics['pairs_per_second']:.1f} pairs/s eta {eta / 60:.1f} min")
         if self.rank == 0:
@@ -311,6 +317,7 @@ class _Run:
         import torch
         import torch.distributed as dist
 
+        started = time.time()
         row: dict[str, Any] = {"step": state.step, "epoch": state.epoch}
         if self.has_validation:
             import ray.train
@@ -342,7 +349,7 @@ class _Run:
         if SCORE not in row:
             # No suite: the (negated) validation loss ranks the checkpoints.
             row[SCORE] = -row["val_loss"] if "val_loss" in row else float("nan")
-        self.print("validation: " + ", ".join(
+        self.print(f"validation ({time.time() - started:.1f} s): " + ", ".join(
             f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
         return row
 

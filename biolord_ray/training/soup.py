@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 from biolord_ray.config import PipelineConfig
 from biolord_ray.evaluation import kg_sets
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
-from biolord_ray.training import distill, loop, targets
+from biolord_ray.training import contrastive, distill, loop, targets
 
 log = logging.getLogger(__name__)
 
@@ -135,32 +135,37 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
             pafs.copy_files(run_dir.path(distill.STAGE, row["model"]),
                             ingredients[row["trial"]], source_filesystem=run_dir.fs)
         order = list(ingredients)
+        soup_dirs: dict[tuple, str] = {}  # members -> averaged model, each averaged once
         scores: dict[tuple, float] = {}
+
+        def soup_dir(members: list[str]) -> str:
+            key = tuple(sorted(members))
+            if key not in soup_dirs:
+                soup_dirs[key] = ingredients[members[0]] if len(members) == 1 else \
+                    average_models([ingredients[m] for m in members],
+                                   f"{local}/soups/{len(soup_dirs)}")
+            return soup_dirs[key]
 
         def score(members: list[str]) -> float:
             key = tuple(sorted(members))
             if key not in scores:
-                model_dir = ingredients[members[0]] if len(members) == 1 else average_models(
-                    [ingredients[m] for m in members], f"{local}/candidate")
-                model = load_sentence_model(model_dir)
+                model = load_sentence_model(soup_dir(members))
                 scores[key] = main_score(suite.run(model, Embedder(model)))
-                shutil.rmtree(f"{local}/candidate", ignore_errors=True)
             return scores[key]
 
         steps = greedy_soup(order, score)
         greedy_members = steps[-1]["members"]
         uniform_members = order[:cfg.tune.soup_top_k]
         uniform_score = score(uniform_members)
-        soups = {"greedy": average_models([ingredients[m] for m in greedy_members],
-                                          f"{local}/greedy"),
-                 "uniform": average_models([ingredients[m] for m in uniform_members],
-                                           f"{local}/uniform")}
+        soups = {"greedy": soup_dir(greedy_members), "uniform": soup_dir(uniform_members)}
         out = f"{local}/out"
         shutil.copytree(soups[cfg.tune.soup], f"{out}/{loop.EXPORT_SUBDIR}")
         shutil.copytree(ingredients[order[0]], f"{out}/{SINGLE_SUBDIR}")
         (Path(out) / SINGLE_SUBDIR / "README.md").unlink(missing_ok=True)
 
-        report = _evaluate(cfg, run_dir, out, soups)
+        members = {"best_trial": [order[0]], "soup_greedy": greedy_members,
+                   "soup_uniform": uniform_members}
+        report = _evaluate(cfg, run_dir, out, soups, members)
         _write_tables(out, trials, steps, uniform_members, uniform_score)
         _write_cards(cfg, run_dir, out, trials, steps, uniform_members, report)
         pafs.copy_files(out, staging, destination_filesystem=run_dir.fs)
@@ -183,21 +188,44 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
 MODEL_LABELS = ["teacher", "best_trial", "soup_greedy", "soup_uniform"]
 
 
-def _evaluate(cfg: PipelineConfig, run_dir: RunDir, out: str, soups: dict) -> dict | None:
-    """Teacher, best trial and both soups on the full evaluation suite."""
+def _evaluate(cfg: PipelineConfig, run_dir: RunDir, out: str, soups: dict,
+              members: dict[str, list[str]]) -> dict | None:
+    """Teacher, best trial and both soups on the full evaluation suite. Each distinct model is
+    scored once: a soup of one trial is that trial, two soups of the same trials are one
+    model, and this run's contrastive model (the default teacher) was scored on the same
+    suite by its own stage."""
     from biolord_ray.evaluation import build_suite, evaluate_models
     from biolord_ray.evaluation.report import write_report
 
     if not cfg.eval.suites:
         return None
-    specs = [targets.teacher_dir(cfg, run_dir), f"{out}/{SINGLE_SUBDIR}", soups["greedy"],
-             soups["uniform"]]
     exported = run_dir.path(STAGE, loop.EXPORT_SUBDIR)
-    locations = [None, run_dir.path(STAGE, SINGLE_SUBDIR),
-                 *(exported if kind == cfg.tune.soup else f"not exported (tune.soup={kind})"
-                   for kind in ("greedy", "uniform"))]
-    report = evaluate_models(specs, build_suite(cfg.eval, cfg.eval.suites, run_dir), cfg,
-                             labels=MODEL_LABELS, locations=locations)
+    models = {  # label -> (model directory, where it lives after the stage)
+        "teacher": (targets.teacher_dir(cfg, run_dir), None),
+        "best_trial": (f"{out}/{SINGLE_SUBDIR}", run_dir.path(STAGE, SINGLE_SUBDIR)),
+        **{f"soup_{kind}": (soups[kind], exported if kind == cfg.tune.soup
+                            else f"not exported (tune.soup={kind})")
+           for kind in ("greedy", "uniform")}}
+    known = {}
+    if cfg.targets.teacher is None:
+        with run_dir.fs.open_input_stream(
+                f"{run_dir.output(contrastive.STAGE, 'evaluation')}/results.json") as f:
+            known["teacher"] = json.loads(f.read())["models"]["contrastive"]
+    same_as = {}  # label -> an earlier label with the same trials
+    for label in ("soup_greedy", "soup_uniform"):
+        same_as[label] = next((other for other in ("best_trial", "soup_greedy")
+                               if other != label and sorted(members[other])
+                               == sorted(members[label])), None)
+    to_score = [label for label in MODEL_LABELS if label not in known and not same_as.get(label)]
+    suite = build_suite(cfg.eval, cfg.eval.suites, run_dir)
+    report = evaluate_models([models[label][0] for label in to_score], suite, cfg,
+                             labels=to_score, locations=[models[label][1] for label in to_score])
+    scored = {**known, **report["models"]}
+    report["models"] = {}
+    for label in MODEL_LABELS:
+        result = scored[label] if label in scored else scored[same_as[label]]
+        location = models[label][1] or result["path"]
+        report["models"][label] = {**result, "spec": location, "path": location}
     write_report(report, f"{out}/evaluation")
     return report
 

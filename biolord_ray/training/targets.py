@@ -57,21 +57,22 @@ def teacher_dir(cfg: PipelineConfig, run_dir: RunDir) -> str:
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import ray.data
 
-    from biolord_ray.evaluation.embed import load_sentence_model
-
     check_room_for_shuffles(cfg.targets)
     model_dir = teacher_dir(cfg, run_dir)
-    dim = load_sentence_model(model_dir, device="cpu").get_embedding_dimension()
-    schema = target_schema(dim)
     counts = {"teacher": model_dir}
+    schema = None  # the target width is the teacher's embedding size, seen in its output
     for split in SPLITS:
-        source = ray.data.read_parquet(run_dir.output(pairs.STAGE, split), filesystem=run_dir.fs)
+        path = run_dir.output(pairs.STAGE, split)
+        source = ray.data.read_parquet(path, filesystem=run_dir.fs)
         if source.count() == 0:  # Ray Data's shuffle (groupby) fails on an empty input
+            if schema is None:
+                raise ValueError(f"{path}: no training pairs, nothing to distill")
             write_parquet(ray.data.from_arrow(schema.empty_table()), f"{staging}/{split}",
                           run_dir.fs, schema)
             counts[f"{split}_texts"] = counts[f"{split}_concepts"] = 0
             continue
-        targets = teacher_targets(source, model_dir, cfg.targets, dim).materialize()
+        targets = teacher_targets(source, model_dir, cfg.targets).materialize()
+        schema = schema or target_schema(len(targets.take(1)[0]["target"]))
         write_parquet(targets, f"{staging}/{split}", run_dir.fs, schema)
         counts[f"{split}_texts"] = targets.count()
         counts[f"{split}_concepts"] = len(targets.unique("concept_id"))
@@ -93,7 +94,7 @@ def check_room_for_shuffles(tcfg) -> None:
                          "(or GPU actors: targets.num_gpus)")
 
 
-def teacher_targets(pair_rows, model_dir: str, tcfg, dim: int):
+def teacher_targets(pair_rows, model_dir: str, tcfg):
     """Ray Dataset of pairs (``pairs.PAIR_SCHEMA``) -> Ray Dataset of ``target_schema`` rows."""
     import ray.data
 
@@ -108,7 +109,7 @@ def teacher_targets(pair_rows, model_dir: str, tcfg, dim: int):
         batch_size=ENCODER_CALL_ROWS, compute=ray.data.ActorPoolStrategy(size=tcfg.concurrency),
         num_gpus=tcfg.num_gpus, num_cpus=None if tcfg.num_gpus else 1, batch_format="numpy")
     return embedded.groupby("concept_id", num_partitions=tcfg.shuffle_partitions).map_groups(
-        lambda group: concept_targets(group, dim), batch_format="numpy")
+        concept_targets, batch_format="numpy")
 
 
 def concept_texts(group: pa.Table, kinds: list[str]) -> pa.Table:
@@ -122,14 +123,14 @@ def concept_texts(group: pa.Table, kinds: list[str]) -> pa.Table:
                      "kind": [k for _, k in rows]})
 
 
-def concept_targets(group: dict[str, np.ndarray], dim: int) -> pa.Table:
+def concept_targets(group: dict[str, np.ndarray]) -> pa.Table:
     """One concept's embedded texts -> the same texts, each with the concept's target."""
-    mean = np.asarray(group["embedding"], dtype=np.float64).reshape(-1, dim).mean(axis=0)
-    target = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
     n = len(group["text"])
+    mean = np.asarray(group["embedding"], dtype=np.float64).reshape(n, -1).mean(axis=0)
+    target = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
     return pa.table({
         "concept_id": pa.array(group["concept_id"], pa.string()),
         "text": pa.array(group["text"], pa.string()),
         "kind": pa.array(group["kind"], pa.string()),
-        "target": pa.FixedSizeListArray.from_arrays(np.tile(target, n), dim),
+        "target": pa.FixedSizeListArray.from_arrays(np.tile(target, n), len(target)),
     })

@@ -1,0 +1,229 @@
+"""The main job end to end on a real two-node Ray cluster, submitted with ``ray job submit``.
+
+A head node (dashboard and job server on 127.0.0.1, token authentication on) with one CPU
+and a second node with two, both on this machine, so that the pipeline's tasks, actors and
+Ray Train workers are scheduled across nodes. Two faults are injected on the way:
+
+* the job's driver is killed during definition generation; the resubmitted job resumes
+  (every concept defined exactly once, only the missing ones generated again);
+* a Ray Train worker of the first distillation trial is killed with ``distill.max_failures=0``,
+  so the trial fails and Ray Tune starts it again (``tune.max_failures=1``).
+
+The run must then finish with every stage complete and the final report written. The
+job server must answer on loopback only, and only with the cluster's token.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+from conftest import assert_dashboard_locked, readable_rows
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# The embedded default, made small enough for CI: 200 MONDO concepts and short training
+# runs (its grid of two distillation trials unchanged).
+OVERRIDES = [
+    "kg.max_concepts=200", "kg.shuffle_partitions=2", "targets.shuffle_partitions=2",
+    # Small generation batches so that definitions land shard by shard (the driver is killed
+    # in between).
+    "definitions.batch_size=8", "definitions.rows_per_shard=8",
+    "definitions.max_concurrent_batches=1",
+    "eval.max_queries=300", "eval.max_hierarchy_pairs=300",
+    "contrastive.max_steps=8", "contrastive.checkpoint_every=8",
+    "distill.max_steps=6", "distill.checkpoint_every=3", "distill.max_failures=0",
+    "tune.max_failures=1",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ports() -> list[str]:
+    """Ports of their own for each node: two nodes on one machine (and the test session's
+    local Ray) must not share agent or metrics ports."""
+    return [f"--{name}={_free_port()}" for name in (
+        "node-manager-port", "object-manager-port", "metrics-export-port",
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")]
+
+
+def _ray(args: list[str], env: dict, timeout: float = 120, check: bool = True):
+    result = subprocess.run([str(BIN / "ray"), *args], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode:
+        raise AssertionError(f"ray {' '.join(args)}:\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
+    return result
+
+
+def _stop_cluster(temp_dirs: list[str], run_dir: Path) -> None:
+    """SIGKILL this cluster's processes (and what they started): those whose command line
+    names a node's temp dir (GCS, raylets, dashboard, workers) or the run dir (the job's
+    driver). ``ray stop`` would also end the test session's own local Ray."""
+    marks = (*temp_dirs, str(run_dir))
+    found = [p for p in psutil.process_iter(["cmdline"])
+             if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
+    for process in list(found):
+        try:
+            found += process.children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+    for process in found:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(found, timeout=30)
+
+
+@contextmanager
+def two_node_cluster(run_dir: Path):
+    """A head node with one CPU and a worker node with two; yields (dashboard address, env).
+
+    The worker node has room for a training run's two half-CPU workers and, beside them, the
+    whole CPU that a Ray Data file-listing task asks for (on two one-CPU nodes the trial's
+    driver and the workers leave less than one CPU free on each, and the data never comes).
+
+    Each node has its own temp dir, as on separate machines: sharing one, a node's runtime
+    env agent deletes a working dir that the other node's job still runs in."""
+    temp_dirs = [tempfile.mkdtemp(prefix="rayE2E", dir="/tmp") for _ in range(2)]  # short
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_ADDRESS": ""}
+    gcs, dashboard = _free_port(), _free_port()
+    try:
+        _ray(["start", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=true",
+              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+              f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dirs[0]}",
+              "--node-ip-address=127.0.0.1", "--disable-usage-stats", *_node_ports()], env)
+        _ray(["start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2",
+              "--resources={\"second_node\": 1}", "--node-ip-address=127.0.0.1",
+              f"--temp-dir={temp_dirs[1]}", *_node_ports()], env)
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        _stop_cluster(temp_dirs, run_dir)
+
+
+def _submit(address: str, env: dict, run_dir: Path, submission_id: str) -> None:
+    _ray(["job", "submit", f"--address={address}", f"--submission-id={submission_id}",
+          "--runtime-env=cluster/runtime_env.yaml", "--no-wait", "--",
+          "python", "jobs/full_pipeline.py", "--run-dir", str(run_dir),
+          *[arg for o in OVERRIDES for arg in ("--set", o)]], env)
+
+
+def _status(address: str, env: dict, submission_id: str) -> str:
+    out = _ray(["job", "status", f"--address={address}", submission_id], env).stdout.upper()
+    for status in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+        if status in out:
+            return status
+    return "UNKNOWN"
+
+
+def _logs(address: str, env: dict, submission_id: str) -> str:
+    return _ray(["job", "logs", f"--address={address}", submission_id], env,
+                check=False).stdout[-6000:]
+
+
+def _wait_for(condition, what: str, address: str, env: dict, submission_id: str,
+              timeout: float = 900) -> None:
+    """Poll ``condition()`` until true; fail early (with the job's logs) if the job ends."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        if _status(address, env, submission_id) in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(0.5)
+    raise AssertionError(f"never saw {what}; job {submission_id} logs:\n"
+                         + _logs(address, env, submission_id))
+
+
+def _wait_until_done(address: str, env: dict, submission_id: str, timeout: float) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = _status(address, env, submission_id)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(3)
+    return "TIMEOUT"
+
+
+def _processes(mark: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["name", "cmdline"])
+            if mark in " ".join([p.info["name"] or "", *(p.info["cmdline"] or [])])]
+
+
+def test_pipeline_submitted_to_a_two_node_cluster_survives_faults(tmp_path):
+    run_dir = tmp_path / "run"
+    shards = run_dir / "_work" / "generate_definitions" / "shards"
+    with two_node_cluster(run_dir) as (address, env):
+        nodes = json.loads(_ray(["list", "nodes", f"--address={address}", "--format=json"],
+                                env).stdout)
+        assert len([n for n in nodes if n["state"] == "ALIVE"]) == 2
+        assert_dashboard_locked(address)
+
+        # Fault 1: the driver dies while definitions are being generated.
+        _submit(address, env, run_dir, "e2e-first")
+        _wait_for(lambda: readable_rows(shards) >= 8, "definition shards", address, env,
+                  "e2e-first")
+        drivers = _processes(f"{run_dir} ")  # the driver's command line names the run dir
+        assert drivers, "the job's driver process was not found"
+        for driver in drivers:
+            driver.send_signal(signal.SIGKILL)
+        assert _wait_until_done(address, env, "e2e-first", 120) == "FAILED"
+        defined_before = readable_rows(shards)
+
+        # Resubmitted: it resumes. Fault 2: a distillation trial's Train worker dies.
+        _submit(address, env, run_dir, "e2e-second")
+        train_runs = run_dir / "_work" / "distill"
+        _wait_for(lambda: any(train_runs.glob("train-tune-*/*/checkpoint_*")),
+                  "a distillation checkpoint", address, env, "e2e-second")
+        workers = _processes("RayTrainWo")
+        assert workers, "no Ray Train worker to kill"
+        workers[-1].send_signal(signal.SIGKILL)
+        status = _wait_until_done(address, env, "e2e-second", 1500)
+        assert status == "SUCCEEDED", _logs(address, env, "e2e-second")
+
+        # Scheduling used both nodes.
+        actors = json.loads(_ray(["list", "actors", f"--address={address}", "--format=json",
+                                  "--limit=10000"], env).stdout)
+        assert len({a["node_id"] for a in actors if a.get("node_id")}) == 2
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    stages = ["ingest_kg", "eval_sets", "generate_definitions", "build_pairs",
+              "train_contrastive", "teacher_targets", "distill", "soup", "report"]
+    assert {s: manifest["stages"][s]["status"] for s in stages} == dict.fromkeys(stages,
+                                                                                 "complete")
+
+    # Nothing lost or duplicated by the killed driver, and nothing generated twice.
+    summary = json.loads((run_dir / "generate_definitions" / "summary.json").read_text())
+    ids = pq.read_table(run_dir / "generate_definitions" / "definitions")["concept_id"]
+    assert len(ids) == len(set(ids.to_pylist())) == summary["concepts"]
+    assert summary["generated_this_run"] == summary["concepts"] - defined_before
+
+    # The failed trial was started again and both trials finished.
+    trials = (run_dir / "distill" / "trials.csv").read_text().splitlines()
+    assert len(trials) == 3, trials
+    errors = list((run_dir / "_work" / "distill").glob("tune-*/*/error.txt"))
+    assert errors, "no trial failed: the worker kill did not reach Ray Tune"
+
+    report = (run_dir / "report" / "README.md").read_text()
+    for label in ("base", "contrastive", "best_trial", "soup"):
+        assert label in report, label
+    assert (run_dir / "report" / "timings.png").stat().st_size > 0
+    for model in ("train_contrastive/model", "soup/model", "soup/model_s"):
+        assert (run_dir / model / "model.safetensors").exists(), model

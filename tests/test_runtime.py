@@ -1,0 +1,35 @@
+"""The local Ray instance the jobs start: its dashboard and job server stay on this machine
+and ask for Ray's token."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import assert_dashboard_locked
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import sys
+import ray
+from biolord_ray.config import RayConfig
+from biolord_ray.runtime import init_ray
+init_ray(RayConfig(num_cpus=1))
+print("DASHBOARD", ray._private.worker.get_dashboard_url(), flush=True)
+sys.stdin.read()  # hold the instance until the test has looked at it
+"""
+
+
+def test_local_instance_dashboard_is_loopback_only_and_needs_the_token():
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(Path.home())}
+    job = subprocess.Popen([sys.executable, "-c", SCRIPT], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           cwd=ROOT, env=env)
+    try:
+        line = next(line for line in job.stdout if line.startswith("DASHBOARD"))
+        host_port = line.split()[1]
+        assert host_port.startswith("127.0.0.1:")
+        assert_dashboard_locked(f"http://{host_port}")
+    finally:
+        job.stdin.close()  # init_ray's instance ends with its process
+        job.wait(timeout=120)
