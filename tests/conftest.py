@@ -1,8 +1,10 @@
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,24 +40,50 @@ def hpo_run(ray_local, tmp_path_factory):
     return cfg, RunDir(cfg.run_dir), record
 
 
-@pytest.fixture(scope="session")
-def node_metrics(ray_local):
-    """``wait_for(prefix, found)``: lines of the local node's Prometheus endpoint (what the
-    dashboard's metrics view and Prometheus/Grafana read) starting with ``prefix``, polled
-    until ``found(lines)`` is true (Ray exports metrics every few seconds)."""
+class NodeMetrics:
+    """The local node's Prometheus endpoint: what the dashboard's metrics view and
+    Prometheus/Grafana read (Ray exports every few seconds)."""
 
-    def wait_for(prefix: str, found, timeout: float = 60) -> list[str]:
-        port = ray_local.nodes()[0]["MetricsExportPort"]
+    def __init__(self, ray):
+        self.port = ray.nodes()[0]["MetricsExportPort"]
+
+    def lines(self, prefix: str) -> list[str]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics").read().decode()
+        return [line for line in text.splitlines() if line.startswith(prefix)]
+
+    def wait_for(self, prefix: str, found, timeout: float = 60) -> list[str]:
+        """Lines starting with ``prefix``, polled until ``found(lines)`` is true."""
         deadline, lines = time.time() + timeout, []
         while time.time() < deadline:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-            lines = [line for line in text.splitlines() if line.startswith(prefix)]
+            lines = self.lines(prefix)
             if found(lines):
                 return lines
             time.sleep(1)
         raise AssertionError(f"{prefix} metrics not exported; found {lines}")
 
-    return wait_for
+    @contextmanager
+    def recording(self, prefix: str):
+        """Every line starting with ``prefix`` seen while the block runs (a finished worker's
+        gauges leave the endpoint with it)."""
+        seen, stop = [], threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                seen.extend(self.lines(prefix))
+                stop.wait(1)
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        try:
+            yield seen
+        finally:
+            stop.set()
+            thread.join()
+
+
+@pytest.fixture(scope="session")
+def node_metrics(ray_local):
+    return NodeMetrics(ray_local)
 
 
 def assert_dashboard_locked(url: str) -> None:

@@ -1,8 +1,8 @@
 """The main job end to end on a real two-node Ray cluster, submitted with ``ray job submit``.
 
-A head node (dashboard and job server on 127.0.0.1, token authentication on) with one CPU
-and a second node with two, both on this machine, so that the pipeline's tasks, actors and
-Ray Train workers are scheduled across nodes. Two faults are injected on the way:
+A head node (dashboard and job server on 127.0.0.1, token authentication on) that runs the
+job's driver but no work, and a second node with two CPUs that runs the pipeline's tasks,
+actors and Ray Train workers, both on this machine. Two faults are injected on the way:
 
 * the job's driver is killed during definition generation; the resubmitted job resumes
   (every concept defined exactly once, only the missing ones generated again);
@@ -28,6 +28,8 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 from conftest import assert_dashboard_locked, readable_rows
+
+from biolord_ray.definitions.generate import DEFINITION_SCHEMA
 
 pytestmark = pytest.mark.slow
 
@@ -93,20 +95,21 @@ def _stop_cluster(temp_dirs: list[str], run_dir: Path) -> None:
 
 @contextmanager
 def two_node_cluster(run_dir: Path):
-    """A head node with one CPU and a worker node with two; yields (dashboard address, env).
+    """A head node with no CPUs and a worker node with two; yields (dashboard address, env).
 
-    The worker node has room for a training run's two half-CPU workers and, beside them, the
-    whole CPU that a Ray Data file-listing task asks for (on two one-CPU nodes the trial's
-    driver and the workers leave less than one CPU free on each, and the data never comes).
-
-    Each node has its own temp dir, as on separate machines: sharing one, a node's runtime
-    env agent deletes a working dir that the other node's job still runs in."""
+    As in ``cluster/kuberay/raycluster.yaml``, the head schedules no work: the job's driver
+    runs there and every task, actor and Ray Train worker on the other node. (On two one-CPU
+    nodes a training run's driver and half-CPU workers leave less than one free CPU on each,
+    while a Ray Data file-listing task asks for a whole one: the data never comes.) Each
+    node has its own temp dir, as on separate machines: sharing one, a node's runtime env
+    agent deletes a working dir that the other node's job still runs in.
+    """
     temp_dirs = [tempfile.mkdtemp(prefix="rayE2E", dir="/tmp") for _ in range(2)]  # short
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_ADDRESS": ""}
     gcs, dashboard = _free_port(), _free_port()
     try:
-        _ray(["start", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=true",
+        _ray(["start", "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=true",
               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
               f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dirs[0]}",
               "--node-ip-address=127.0.0.1", "--disable-usage-stats", *_node_ports()], env)
@@ -198,7 +201,8 @@ def test_pipeline_submitted_to_a_two_node_cluster_survives_faults(tmp_path):
         status = _wait_until_done(address, env, "e2e-second", 1500)
         assert status == "SUCCEEDED", _logs(address, env, "e2e-second")
 
-        # Scheduling used both nodes.
+        # Both nodes took part (the job's supervisor and driver on the head, the work on the
+        # other node).
         actors = json.loads(_ray(["list", "actors", f"--address={address}", "--format=json",
                                   "--limit=10000"], env).stdout)
         assert len({a["node_id"] for a in actors if a.get("node_id")}) == 2
@@ -211,9 +215,21 @@ def test_pipeline_submitted_to_a_two_node_cluster_survives_faults(tmp_path):
 
     # Nothing lost or duplicated by the killed driver, and nothing generated twice.
     summary = json.loads((run_dir / "generate_definitions" / "summary.json").read_text())
-    ids = pq.read_table(run_dir / "generate_definitions" / "definitions")["concept_id"]
-    assert len(ids) == len(set(ids.to_pylist())) == summary["concepts"]
+    table = pq.read_table(run_dir / "generate_definitions" / "definitions")
+    assert table.schema == DEFINITION_SCHEMA
+    ids = table["concept_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == summary["concepts"] > defined_before
     assert summary["generated_this_run"] == summary["concepts"] - defined_before
+    assert summary["valid"] + summary["invalid"] == summary["concepts"]
+    assert sum(summary["invalid_by_reason"].values()) == summary["invalid"]
+    rows = table.to_pylist()
+    assert {r["model"] for r in rows} == {"packaged:SmolLM2-135M-Instruct"}
+    assert len({r["template_hash"] for r in rows}) == 1
+    assert {r["finish_reason"] for r in rows} <= {"stop", "length"}
+    assert all(json.loads(r["sampling_params"]) == {"max_tokens": 96, "temperature": 0.0}
+               and r["prompt_tokens"] > 20 and r["output_tokens"] > 0
+               and r["valid"] == (r["reason"] == "") for r in rows)
+    assert not (run_dir / "_work" / "generate_definitions").exists()
 
     # The failed trial was started again and both trials finished.
     trials = (run_dir / "distill" / "trials.csv").read_text().splitlines()
@@ -222,8 +238,9 @@ def test_pipeline_submitted_to_a_two_node_cluster_survives_faults(tmp_path):
     assert errors, "no trial failed: the worker kill did not reach Ray Tune"
 
     report = (run_dir / "report" / "README.md").read_text()
-    for label in ("base", "contrastive", "best_trial", "soup"):
-        assert label in report, label
+    for row in ("| base (all-MiniLM-L6-v2) |", "| BioLORD-C (contrastive) |",
+                "| BioLORD-S (best distillation trial) |", "| BioLORD (soup, greedy) |"):
+        assert row in report, row
     assert (run_dir / "report" / "timings.png").stat().st_size > 0
     for model in ("train_contrastive/model", "soup/model", "soup/model_s"):
         assert (run_dir / model / "model.safetensors").exists(), model
