@@ -1,8 +1,8 @@
 """The main job end to end on a real two-node Ray cluster, submitted with ``ray job submit``.
 
-A head node (dashboard and job server on 127.0.0.1, token authentication on) that runs the
-job's driver but no work, and a second node with two CPUs that runs the pipeline's tasks,
-actors and Ray Train workers, both on this machine. Two faults are injected on the way:
+A head node (dashboard and job server on 127.0.0.1, token authentication on) with one CPU
+and a second node with two, both on this machine, so that the pipeline's tasks, actors and
+Ray Train workers are scheduled across nodes. Two faults are injected on the way:
 
 * the job's driver is killed during definition generation; the resubmitted job resumes
   (every concept defined exactly once, only the missing ones generated again);
@@ -95,21 +95,20 @@ def _stop_cluster(temp_dirs: list[str], run_dir: Path) -> None:
 
 @contextmanager
 def two_node_cluster(run_dir: Path):
-    """A head node with no CPUs and a worker node with two; yields (dashboard address, env).
+    """A head node with one CPU and a worker node with two; yields (dashboard address, env).
 
-    As in ``cluster/kuberay/raycluster.yaml``, the head schedules no work: the job's driver
-    runs there and every task, actor and Ray Train worker on the other node. (On two one-CPU
-    nodes a training run's driver and half-CPU workers leave less than one free CPU on each,
-    while a Ray Data file-listing task asks for a whole one: the data never comes.) Each
-    node has its own temp dir, as on separate machines: sharing one, a node's runtime env
-    agent deletes a working dir that the other node's job still runs in.
+    The worker node has room for a training run's two half-CPU workers and, beside them, the
+    whole CPU that a Ray Data file-listing task asks for (on two one-CPU nodes the trial's
+    driver and the workers leave less than one CPU free on each, and the data never comes).
+    Each node has its own temp dir, as on separate machines: sharing one, a node's runtime
+    env agent deletes a working dir that the other node's job still runs in.
     """
     temp_dirs = [tempfile.mkdtemp(prefix="rayE2E", dir="/tmp") for _ in range(2)]  # short
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_ADDRESS": ""}
     gcs, dashboard = _free_port(), _free_port()
     try:
-        _ray(["start", "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=true",
+        _ray(["start", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=true",
               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
               f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dirs[0]}",
               "--node-ip-address=127.0.0.1", "--disable-usage-stats", *_node_ports()], env)
@@ -201,8 +200,7 @@ def test_pipeline_submitted_to_a_two_node_cluster_survives_faults(tmp_path):
         status = _wait_until_done(address, env, "e2e-second", 1500)
         assert status == "SUCCEEDED", _logs(address, env, "e2e-second")
 
-        # Both nodes took part (the job's supervisor and driver on the head, the work on the
-        # other node).
+        # Scheduling used both nodes.
         actors = json.loads(_ray(["list", "actors", f"--address={address}", "--format=json",
                                   "--limit=10000"], env).stdout)
         assert len({a["node_id"] for a in actors if a.get("node_id")}) == 2
