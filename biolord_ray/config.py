@@ -397,7 +397,9 @@ def _parents(key: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
 
 
-def _build(cls: type, data: Any, prefix: str, origins: dict[str, str]) -> Any:
+def _build(cls: type, data: Any, prefix: str, origins: dict[str, str],
+           defaults: Any = None) -> Any:
+    """``cls`` from ``data``, over ``defaults`` (an instance) when given."""
     where = prefix.rstrip(".") or "top level"
     if not isinstance(data, dict):
         raise ConfigError(f"{where}{_origin(origins, where)}: expected a mapping, got {data!r}")
@@ -411,10 +413,15 @@ def _build(cls: type, data: Any, prefix: str, origins: dict[str, str]) -> Any:
             raise ConfigError(f"unknown key '{prefix}{key}'{_origin(origins, prefix + str(key))}"
                               f"{hint}")
     kwargs = {}
-    for name in names:
-        if name in data:
+    for name in (n for n in names if n in data):
+        if dataclasses.is_dataclass(hints[name]):
+            # A section's unset keys keep the enclosing default's values: the default
+            # ``distill`` section is not ``TrainConfig()`` (its own CPUs, lr and steps).
+            kwargs[name] = _build(hints[name], data[name], f"{prefix}{name}.", origins,
+                                  getattr(defaults or cls(), name))
+        else:
             kwargs[name] = _coerce(hints[name], data[name], prefix + name, origins)
-    return cls(**kwargs)
+    return cls(**kwargs) if defaults is None else dataclasses.replace(defaults, **kwargs)
 
 
 def _coerce(hint: Any, value: Any, key: str, origins: dict[str, str]) -> Any:

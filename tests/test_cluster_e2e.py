@@ -1,8 +1,9 @@
 """The main job end to end on a real two-node Ray cluster, submitted with ``ray job submit``.
 
-A head node (dashboard and job server on 127.0.0.1, token authentication on) with one CPU
-and a second node with two, both on this machine, so that the pipeline's tasks, actors and
-Ray Train workers are scheduled across nodes. Two faults are injected on the way:
+The layout of ``cluster/kuberay/raycluster.yaml``: a head node that runs the job's driver
+but no work (no CPUs; dashboard and job server on 127.0.0.1, token authentication on) and a
+worker node with two CPUs, both on this machine, so that the driver and the pipeline's tasks,
+actors and Ray Train workers are on different nodes. Two faults are injected on the way:
 
 * the job's driver is killed during definition generation; the resubmitted job resumes
   (every concept defined exactly once, only the missing ones generated again);
@@ -95,11 +96,10 @@ def _stop_cluster(temp_dirs: list[str], run_dir: Path) -> None:
 
 @contextmanager
 def two_node_cluster(run_dir: Path):
-    """A head node with one CPU and a worker node with two; yields (dashboard address, env).
+    """A head node with no CPUs and a worker node with two; yields (dashboard address, env).
 
-    The worker node has room for a training run's two half-CPU workers and, beside them, the
-    whole CPU that a Ray Data file-listing task asks for (on two one-CPU nodes the trial's
-    driver and the workers leave less than one CPU free on each, and the data never comes).
+    The worker node holds a distillation trial (0.1 CPU), its two Train workers (0.45 each)
+    and, beside them, the whole CPU that a Ray Data file-listing task asks for.
     Each node has its own temp dir, as on separate machines: sharing one, a node's runtime
     env agent deletes a working dir that the other node's job still runs in.
     """
@@ -108,7 +108,7 @@ def two_node_cluster(run_dir: Path):
            "RAY_ADDRESS": ""}
     gcs, dashboard = _free_port(), _free_port()
     try:
-        _ray(["start", "--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=true",
+        _ray(["start", "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=true",
               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
               f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dirs[0]}",
               "--node-ip-address=127.0.0.1", "--disable-usage-stats", *_node_ports()], env)
@@ -127,39 +127,34 @@ def _submit(address: str, env: dict, run_dir: Path, submission_id: str) -> None:
           *[arg for o in OVERRIDES for arg in ("--set", o)]], env)
 
 
-def _status(address: str, env: dict, submission_id: str) -> str:
-    out = _ray(["job", "status", f"--address={address}", submission_id], env).stdout.upper()
-    for status in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if status in out:
-            return status
-    return "UNKNOWN"
+def _jobs(address: str):
+    """The Jobs SDK client, with the token ``ray start`` wrote for the CLI. The test polls job
+    status often: a ``ray job status`` process each time would cost a second of CPU."""
+    from ray.job_submission import JobSubmissionClient
+
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
 
 
-def _logs(address: str, env: dict, submission_id: str) -> str:
-    return _ray(["job", "logs", f"--address={address}", submission_id], env,
-                check=False).stdout[-6000:]
-
-
-def _wait_for(condition, what: str, address: str, env: dict, submission_id: str,
-              timeout: float = 900) -> None:
+def _wait_for(condition, what: str, jobs, submission_id: str, timeout: float = 900) -> None:
     """Poll ``condition()`` until true; fail early (with the job's logs) if the job ends."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if condition():
             return
-        if _status(address, env, submission_id) in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if jobs.get_job_status(submission_id).is_terminal():
             break
         time.sleep(0.5)
     raise AssertionError(f"never saw {what}; job {submission_id} logs:\n"
-                         + _logs(address, env, submission_id))
+                         + jobs.get_job_logs(submission_id)[-6000:])
 
 
-def _wait_until_done(address: str, env: dict, submission_id: str, timeout: float) -> str:
+def _wait_until_done(jobs, submission_id: str, timeout: float) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = _status(address, env, submission_id)
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status
+        status = jobs.get_job_status(submission_id)
+        if status.is_terminal():
+            return status.value
         time.sleep(3)
     return "TIMEOUT"
 
@@ -178,32 +173,39 @@ def test_pipeline_submitted_to_a_two_node_cluster_survives_faults(tmp_path):
         assert len([n for n in nodes if n["state"] == "ALIVE"]) == 2
         assert_dashboard_locked(address)
 
+        jobs = _jobs(address)
+
         # Fault 1: the driver dies while definitions are being generated.
         _submit(address, env, run_dir, "e2e-first")
-        _wait_for(lambda: readable_rows(shards) >= 8, "definition shards", address, env,
-                  "e2e-first")
+        _wait_for(lambda: readable_rows(shards) >= 8, "definition shards", jobs, "e2e-first")
         drivers = _processes(f"{run_dir} ")  # the driver's command line names the run dir
         assert drivers, "the job's driver process was not found"
         for driver in drivers:
             driver.send_signal(signal.SIGKILL)
-        assert _wait_until_done(address, env, "e2e-first", 120) == "FAILED"
+        assert _wait_until_done(jobs, "e2e-first", 120) == "FAILED"
         defined_before = readable_rows(shards)
 
         # Resubmitted: it resumes. Fault 2: a distillation trial's Train worker dies.
         _submit(address, env, run_dir, "e2e-second")
         train_runs = run_dir / "_work" / "distill"
         _wait_for(lambda: any(train_runs.glob("train-tune-*/*/checkpoint_*")),
-                  "a distillation checkpoint", address, env, "e2e-second")
+                  "a distillation checkpoint", jobs, "e2e-second")
         workers = _processes("RayTrainWo")
         assert workers, "no Ray Train worker to kill"
         workers[-1].send_signal(signal.SIGKILL)
-        status = _wait_until_done(address, env, "e2e-second", 1500)
-        assert status == "SUCCEEDED", _logs(address, env, "e2e-second")
+        status = _wait_until_done(jobs, "e2e-second", 1500)
+        assert status == "SUCCEEDED", jobs.get_job_logs("e2e-second")[-6000:]
 
-        # Scheduling used both nodes.
+        # The driver ran on the head, the work (Ray Data actor pools: vLLM, encoders; Ray
+        # Train workers) on the other node.
+        head = next(n["node_id"] for n in nodes if n["is_head_node"])
         actors = json.loads(_ray(["list", "actors", f"--address={address}", "--format=json",
                                   "--limit=10000"], env).stdout)
-        assert len({a["node_id"] for a in actors if a.get("node_id")}) == 2
+        nodes_of = {cls: {a["node_id"] for a in actors if a["class_name"] == cls}
+                    for cls in ("JobSupervisor", "_MapWorker", "RayTrainWorker")}
+        assert nodes_of["JobSupervisor"] == {head}, nodes_of
+        assert len(nodes_of["_MapWorker"] | nodes_of["RayTrainWorker"]) == 1, nodes_of
+        assert head not in nodes_of["_MapWorker"] | nodes_of["RayTrainWorker"], nodes_of
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     stages = ["ingest_kg", "eval_sets", "generate_definitions", "build_pairs",

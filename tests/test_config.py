@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from biolord_ray.config import (
@@ -47,6 +49,16 @@ def test_overrides_are_typed():
     assert cfg.tune.seeds == [1, 2, 3]
     assert cfg.kg.snomed_language_refset == "900000000000508004"
     assert load_config(None, ["contrastive.lr=1"]).contrastive.lr == 1.0  # int where float
+
+
+def test_an_override_keeps_the_rest_of_its_sections_defaults():
+    # The default distill section differs from TrainConfig(): setting one of its keys must
+    # not reset the others to TrainConfig's (it did: the trial's workers then asked for the
+    # CPU that Ray Data's file listing needs, and a 2-CPU cluster waited forever).
+    defaults = PipelineConfig().distill
+    cfg = load_config(None, ["distill.max_steps=6"])
+    assert cfg.distill == dataclasses.replace(defaults, max_steps=6)
+    assert cfg.distill.cpus_per_worker != cfg.contrastive.cpus_per_worker
 
 
 def test_unknown_key_names_key_origin_and_suggestion():
