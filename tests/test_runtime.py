@@ -11,11 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import sys
-import ray
 from biolord_ray.config import RayConfig
 from biolord_ray.runtime import init_ray
-init_ray(RayConfig(num_cpus=1))
-print("DASHBOARD", ray._private.worker.get_dashboard_url(), flush=True)
+print("DASHBOARD", init_ray(RayConfig(num_cpus=1)).dashboard_url, flush=True)
 sys.stdin.read()  # hold the instance until the test has looked at it
 """
 

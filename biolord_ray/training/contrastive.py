@@ -10,7 +10,6 @@ compares the base and trained models on the full evaluation suite.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -78,17 +77,12 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
     of base vs trained model, into ``staging``."""
     from biolord_ray.evaluation import build_suite, evaluate_models, model_label
     from biolord_ray.evaluation.report import markdown, write_report
-    from biolord_ray.training.export import write_history, write_model_card
+    from biolord_ray.training.export import export_best, write_history, write_model_card
 
     tcfg, data = cfg.contrastive, _data_summary(run_dir)
-    best, best_metrics = max(result.best_checkpoints, key=lambda c: c[1][loop.SCORE])
-    with result.checkpoint.as_directory() as latest:
-        with open(os.path.join(latest, loop.STATE_FILE)) as f:
-            history = json.load(f)["history"]
     with tempfile.TemporaryDirectory(prefix="biolord-export-") as local:
         model_dir = os.path.join(local, loop.EXPORT_SUBDIR)
-        with best.as_directory() as directory:
-            pafs.copy_files(os.path.join(directory, loop.EXPORT_SUBDIR), model_dir)
+        history, best_metrics = export_best(result, model_dir)
         write_history(history, local, f"contrastive: {tcfg.base_model} "
                                       f"({data['training pairs']} pairs)")
         report_md = None

@@ -86,6 +86,26 @@ def write_model_card(model_dir: str | Path, *, load_path: str, section: str, tit
     return card
 
 
+def export_best(result, model_dir: str) -> tuple[list[dict], dict]:
+    """A Ray Train result's best checkpoint (by validation score) -> its exported model in
+    ``model_dir``. Returns the run's validation history (kept in the last checkpoint's loop
+    state) and the best checkpoint's metrics."""
+    import json
+    import os
+
+    import pyarrow.fs as pafs
+
+    from biolord_ray.training import loop
+
+    best, best_metrics = max(result.best_checkpoints, key=lambda c: c[1][loop.SCORE])
+    with result.checkpoint.as_directory() as latest:
+        with open(os.path.join(latest, loop.STATE_FILE)) as f:
+            history = json.load(f)["history"]
+    with best.as_directory() as directory:
+        pafs.copy_files(os.path.join(directory, loop.EXPORT_SUBDIR), model_dir)
+    return history, best_metrics
+
+
 def write_history(history: list[dict], out_dir: str | Path, title: str) -> dict[str, Path]:
     """history.csv and history.png (training loss, validation loss and score per step)."""
     import matplotlib

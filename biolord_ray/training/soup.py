@@ -157,15 +157,14 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
         greedy_members = steps[-1]["members"]
         uniform_members = order[:cfg.tune.soup_top_k]
         uniform_score = score(uniform_members)
-        soups = {"greedy": soup_dir(greedy_members), "uniform": soup_dir(uniform_members)}
+        trained = {"best_trial": soup_dir([order[0]]), "soup_greedy": soup_dir(greedy_members),
+                   "soup_uniform": soup_dir(uniform_members)}
         out = f"{local}/out"
-        shutil.copytree(soups[cfg.tune.soup], f"{out}/{loop.EXPORT_SUBDIR}")
-        shutil.copytree(ingredients[order[0]], f"{out}/{SINGLE_SUBDIR}")
+        shutil.copytree(trained[f"soup_{cfg.tune.soup}"], f"{out}/{loop.EXPORT_SUBDIR}")
+        shutil.copytree(trained["best_trial"], f"{out}/{SINGLE_SUBDIR}")
         (Path(out) / SINGLE_SUBDIR / "README.md").unlink(missing_ok=True)
 
-        members = {"best_trial": [order[0]], "soup_greedy": greedy_members,
-                   "soup_uniform": uniform_members}
-        report = _evaluate(cfg, run_dir, out, soups, members)
+        report = _evaluate(cfg, run_dir, out, trained)
         _write_tables(out, trials, steps, uniform_members, uniform_score)
         _write_cards(cfg, run_dir, out, trials, steps, uniform_members, report)
         pafs.copy_files(out, staging, destination_filesystem=run_dir.fs)
@@ -188,43 +187,42 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
 MODEL_LABELS = ["teacher", "best_trial", "soup_greedy", "soup_uniform"]
 
 
-def _evaluate(cfg: PipelineConfig, run_dir: RunDir, out: str, soups: dict,
-              members: dict[str, list[str]]) -> dict | None:
-    """Teacher, best trial and both soups on the full evaluation suite. Each distinct model is
-    scored once: a soup of one trial is that trial, two soups of the same trials are one
-    model, and this run's contrastive model (the default teacher) was scored on the same
-    suite by its own stage."""
+def _evaluate(cfg: PipelineConfig, run_dir: RunDir, out: str,
+              trained: dict[str, str]) -> dict | None:
+    """Teacher, best trial and both soups on the full evaluation suite.
+
+    ``trained``: best_trial, soup_greedy and soup_uniform -> model directory (``soup_dir``:
+    one per distinct set of trials). Each directory is scored once: a soup of one trial is
+    that trial, two soups of the same trials are one model. This run's contrastive model
+    (the default teacher) was scored on the same suite by its own stage."""
     from biolord_ray.evaluation import build_suite, evaluate_models
     from biolord_ray.evaluation.report import write_report
 
     if not cfg.eval.suites:
         return None
+    dirs = {"teacher": targets.teacher_dir(cfg, run_dir), **trained}
     exported = run_dir.path(STAGE, loop.EXPORT_SUBDIR)
-    models = {  # label -> (model directory, where it lives after the stage)
-        "teacher": (targets.teacher_dir(cfg, run_dir), None),
-        "best_trial": (f"{out}/{SINGLE_SUBDIR}", run_dir.path(STAGE, SINGLE_SUBDIR)),
-        **{f"soup_{kind}": (soups[kind], exported if kind == cfg.tune.soup
-                            else f"not exported (tune.soup={kind})")
-           for kind in ("greedy", "uniform")}}
+    locations = {  # where each model lives after the stage (None: where it is)
+        "teacher": None, "best_trial": run_dir.path(STAGE, SINGLE_SUBDIR),
+        **{f"soup_{kind}": exported if kind == cfg.tune.soup
+           else f"not exported (tune.soup={kind})" for kind in ("greedy", "uniform")}}
+    first = {}  # model directory -> the first label that has it
+    for label in MODEL_LABELS:
+        first.setdefault(dirs[label], label)
     known = {}
     if cfg.targets.teacher is None:
         with run_dir.fs.open_input_stream(
                 f"{run_dir.output(contrastive.STAGE, 'evaluation')}/results.json") as f:
             known["teacher"] = json.loads(f.read())["models"]["contrastive"]
-    same_as = {}  # label -> an earlier label with the same trials
-    for label in ("soup_greedy", "soup_uniform"):
-        same_as[label] = next((other for other in ("best_trial", "soup_greedy")
-                               if other != label and sorted(members[other])
-                               == sorted(members[label])), None)
-    to_score = [label for label in MODEL_LABELS if label not in known and not same_as.get(label)]
+    to_score = [label for label in first.values() if label not in known]
     suite = build_suite(cfg.eval, cfg.eval.suites, run_dir)
-    report = evaluate_models([models[label][0] for label in to_score], suite, cfg,
-                             labels=to_score, locations=[models[label][1] for label in to_score])
+    report = evaluate_models([dirs[label] for label in to_score], suite, cfg,
+                             labels=to_score, locations=[locations[label] for label in to_score])
     scored = {**known, **report["models"]}
     report["models"] = {}
     for label in MODEL_LABELS:
-        result = scored[label] if label in scored else scored[same_as[label]]
-        location = models[label][1] or result["path"]
+        result = scored[first[dirs[label]]]
+        location = locations[label] or result["path"]
         report["models"][label] = {**result, "spec": location, "path": location}
     write_report(report, f"{out}/evaluation")
     return report
