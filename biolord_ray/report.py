@@ -4,7 +4,9 @@
   and the soup on every benchmark of the full suite. The scores are the ones the
   ``train_contrastive`` and ``soup`` stages measured on that same suite (no model is
   embedded twice);
-* ``README.md``: where each model lives, the stage timings and counts from the manifest;
+* ``README.md``: where each model lives, the stage timings and counts from the manifest and,
+  when the run has the multilingual stages, the student's evaluation (teacher, student before
+  and after training, translation accuracy and MSE per language);
 * ``timings.png``: seconds per stage.
 """
 
@@ -17,6 +19,7 @@ import tempfile
 import pyarrow.fs as pafs
 
 from biolord_ray.config import PipelineConfig
+from biolord_ray.multilingual import student
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
 from biolord_ray.training import contrastive, soup
 
@@ -44,8 +47,11 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str,
             write_report(report, local)
             outputs.update(results="results.md", chart="results.png")
         _plot_timings(records, f"{local}/timings.png")
+        multilingual = markdown(_results(run_dir, student.STAGE)) \
+            if student.STAGE in records else None
         with open(f"{local}/README.md", "w") as f:
-            f.write(_readme(cfg, run_dir, records, markdown(report) if report else None))
+            f.write(_readme(cfg, run_dir, records, markdown(report) if report else None,
+                            multilingual))
         pafs.copy_files(local, staging, destination_filesystem=run_dir.fs)
     counts = {"total_seconds": round(sum(r["seconds"] for r in records.values()), 1)}
     if report:
@@ -56,12 +62,8 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str,
 
 def combined_report(cfg: PipelineConfig, run_dir: RunDir) -> dict:
     """One report of base, -C, -S and soup from the two stages that scored them."""
-    def results(stage: str) -> dict:
-        with run_dir.fs.open_input_stream(
-                f"{run_dir.output(stage, 'evaluation')}/results.json") as f:
-            return json.loads(f.read())
-
-    trained, souped = results(contrastive.STAGE), results(soup.STAGE)
+    trained = _results(run_dir, contrastive.STAGE)
+    souped = _results(run_dir, soup.STAGE)
     base_label, contrastive_label = list(trained["models"])
     models = {f"base ({base_label})": trained["models"][base_label],
               "BioLORD-C (contrastive)": trained["models"][contrastive_label],
@@ -71,7 +73,15 @@ def combined_report(cfg: PipelineConfig, run_dir: RunDir) -> dict:
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 
-def _readme(cfg: PipelineConfig, run_dir: RunDir, records: dict, results_md: str | None) -> str:
+def _results(run_dir: RunDir, stage: str) -> dict:
+    """The evaluation report a stage wrote (``evaluation/results.json``)."""
+    with run_dir.fs.open_input_stream(
+            f"{run_dir.output(stage, 'evaluation')}/results.json") as f:
+        return json.loads(f.read())
+
+
+def _readme(cfg: PipelineConfig, run_dir: RunDir, records: dict, results_md: str | None,
+            multilingual_md: str | None) -> str:
     total = sum(r["seconds"] for r in records.values())
     lines = [f"# biolord-ray run report: {run_dir.uri}", "",
              f"Knowledge graph `{cfg.kg.format}`"
@@ -81,10 +91,15 @@ def _readme(cfg: PipelineConfig, run_dir: RunDir, records: dict, results_md: str
              f"- BioLORD-C (contrastive): `{run_dir.output(contrastive.STAGE, 'model')}`",
              f"- BioLORD-S (best distillation trial): `{run_dir.output(soup.STAGE, 'model_s')}`",
              f"- BioLORD (soup, {cfg.tune.soup}): `{run_dir.output(soup.STAGE, 'model')}`",
+             *([f"- BioLORD-M (multilingual): `{run_dir.output(student.STAGE, 'model')}`"]
+               if multilingual_md else []),
              ""]
     if results_md:
         lines += [results_md.replace("# Evaluation (full suite)", "## Evaluation (full suite)"),
                   "![results](results.png)", ""]
+    if multilingual_md:
+        lines += ["## Multilingual student (BioLORD-M)", "",
+                  multilingual_md.replace("# Evaluation (full suite)", "### Evaluation"), ""]
     lines += ["## Stages", "", f"Total: {total:.0f} s ({total / 60:.1f} min).", "",
               "| stage | seconds | counts |", "|---|---:|---|"]
     lines += [f"| {name} | {r['seconds']:.1f} | {_counts(r['counts'])} |"

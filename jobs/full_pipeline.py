@@ -9,7 +9,9 @@
 Stages already complete for the same config and inputs are skipped, so a rerun resumes.
 Stages: ingest_kg, eval_sets (the held-out KG evaluation sets), generate_definitions,
 build_pairs, train_contrastive (model -C), teacher_targets, distill (the Ray Tune grid of
-self-distillation runs), soup (model -S and the soup), report (<run_dir>/report/README.md).
+self-distillation runs), soup (model -S and the soup), and with --set multilingual.enabled=true
+parallel_data and distill_multilingual (model -M, jobs/distill_multilingual.py); last, report
+(<run_dir>/report/README.md).
 """
 
 import json
@@ -19,6 +21,7 @@ from biolord_ray.cli import config_from_args, stage_parser
 from biolord_ray.definitions import generate
 from biolord_ray.evaluation import kg_sets
 from biolord_ray.kg import ingest
+from biolord_ray.multilingual import parallel, student
 from biolord_ray.run_dir import RunDir
 from biolord_ray.runtime import init_ray
 from biolord_ray.training import contrastive, distill, pairs, soup, targets
@@ -32,10 +35,17 @@ STAGES = {
     targets.STAGE: targets.run,
     distill.STAGE: distill.run,
     soup.STAGE: soup.run,
+    parallel.STAGE: parallel.run,
+    student.STAGE: student.run,
 }
+MULTILINGUAL = (parallel.STAGE, student.STAGE)  # run when multilingual.enabled
 # Last: the report of every stage above (timings, counts, base vs -C vs -S vs soup).
 STAGES[report.STAGE] = lambda cfg, run_dir, force=False: report.run(
-    cfg, run_dir, [name for name in STAGES if name != report.STAGE], force=force)
+    cfg, run_dir, [n for n in pipeline_stages(cfg) if n != report.STAGE], force=force)
+
+
+def pipeline_stages(cfg) -> list[str]:
+    return [name for name in STAGES if cfg.multilingual.enabled or name not in MULTILINGUAL]
 
 
 def forced_stages(args) -> set[str]:
@@ -59,13 +69,15 @@ if __name__ == "__main__":
     if args.from_stage and args.only:
         parser.error("--from and --only exclude each other")
     cfg = config_from_args(args)
+    if {args.only, args.from_stage} & set(MULTILINGUAL) and not cfg.multilingual.enabled:
+        parser.error("the multilingual stages run with --set multilingual.enabled=true")
     run_dir = RunDir(cfg.run_dir)
     init_ray(cfg.ray)
     forced = forced_stages(args)
-    for name, run in STAGES.items():
+    for name in pipeline_stages(cfg):
         if args.only and name != args.only:
             continue
-        record = run(cfg, run_dir, force=name in forced)
+        record = STAGES[name](cfg, run_dir, force=name in forced)
         print(json.dumps({"stage": name, "status": record["status"],
                           "seconds": record["seconds"], "counts": record["counts"]}))
     print(f"run directory: {run_dir.uri} (manifest: {run_dir.path('manifest.json')})")

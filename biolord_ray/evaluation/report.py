@@ -9,6 +9,7 @@ METRIC_COLUMNS = {
     "similarity": ["spearman", "pearson", "n_pairs", "n_skipped"],
     "retrieval": ["acc@1", "acc@5", "mrr@10", "n_queries", "n_index_concepts"],
     "hierarchy": ["roc_auc", "n_pairs", "n_positive"],
+    "translation": ["accuracy", "src2trg", "trg2src", "mse", "n_pairs"],
 }
 
 
@@ -41,7 +42,9 @@ def markdown(report: dict) -> str:
     mode = "fast subset" if report.get("fast") else "full suite"
     lines = [f"# Evaluation ({mode})", "",
              "Main metric per benchmark: Spearman for similarity files, accuracy@1 for KG "
-             "retrieval, ROC AUC for the KG hierarchy.", "",
+             "retrieval, ROC AUC for the KG hierarchy, and for translation the accuracy of "
+             "finding a held-out pair's other side, both directions averaged (MSE: the "
+             "translation's embedding against the teacher's of the English text).", "",
              "| model | " + " | ".join(f"{n} ({r['main_metric']})" for n, r in benchmarks)
              + " | mean |",
              "|---|" + "---:|" * (len(benchmarks) + 1)]

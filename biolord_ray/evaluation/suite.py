@@ -5,7 +5,10 @@ Three kinds of task, each returning a flat dict of metrics:
 * similarity (file benchmarks): Spearman (main) and Pearson of cosine against gold scores;
 * retrieval (KG): held-out synonym -> concept and definition -> concept, accuracy@1 (main),
   accuracy@5 and MRR@10 over every concept of the index;
-* hierarchy (KG): ROC AUC (main) of cosine separating parent-child from random pairs.
+* hierarchy (KG): ROC AUC (main) of cosine separating parent-child from random pairs;
+* translation (``parallel_data``, per language): accuracy of finding a held-out pair's
+  translation among all translations and back (mean of the two: main), and the MSE between
+  the model's embedding of the translation and the teacher's of the English text.
 
 ``EvalSuite.run(model)`` is also the validation metric during training: the fast suite is
 a few hundred texts, small enough to run on rank 0 after every checkpoint.
@@ -30,7 +33,8 @@ from biolord_ray.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-MAIN_METRIC = {"similarity": "spearman", "retrieval": "acc@1", "hierarchy": "roc_auc"}
+MAIN_METRIC = {"similarity": "spearman", "retrieval": "acc@1", "hierarchy": "roc_auc",
+               "translation": "accuracy"}
 
 
 @dataclass
@@ -88,7 +92,29 @@ class HierarchyTask:
                 "n_positive": int(labels.sum())}
 
 
-Task = SimilarityTask | RetrievalTask | HierarchyTask
+@dataclass
+class TranslationTask:
+    name: str
+    english: list[str]
+    translations: list[str]
+    teacher: np.ndarray  # the teacher's embedding of each English text
+    kind: str = "translation"
+
+    def run(self, model, embed: Embedder) -> dict:
+        from sentence_transformers.sentence_transformer.evaluation import TranslationEvaluator
+
+        found = TranslationEvaluator(self.english, self.translations, name=self.name,
+                                     batch_size=embed.batch_size, write_csv=False)(model)
+        # sentence-transformers' MSEEvaluator would embed the English side with the teacher
+        # again; its embeddings are stored with the pairs.
+        mse = float(np.mean((embed(self.translations) - self.teacher) ** 2))
+        return {"accuracy": found[f"{self.name}_mean_accuracy"],
+                "src2trg": found[f"{self.name}_src2trg_accuracy"],
+                "trg2src": found[f"{self.name}_trg2src_accuracy"],
+                "mse": mse, "n_pairs": len(self.english)}
+
+
+Task = SimilarityTask | RetrievalTask | HierarchyTask | TranslationTask
 
 
 @dataclass
@@ -173,6 +199,30 @@ def kg_tasks(run_dir: RunDir, cfg: EvalConfig, fast: bool = False) -> list[Task]
     return tasks
 
 
+def translation_tasks(run_dir: RunDir, cfg: EvalConfig, fast: bool = False) -> list[Task]:
+    """One task per language from the held-out pairs of the ``parallel_data`` stage: each
+    English text once (with its first translation), in a seeded order, capped."""
+    from biolord_ray.multilingual import parallel
+
+    rows = pq.read_table(run_dir.output(parallel.STAGE, "validation"), filesystem=run_dir.fs)
+    rows = rows.filter(pc.equal(rows["kind"], "translation"))
+    cap = cfg.fast_max_queries if fast else cfg.max_queries
+    tasks: list[Task] = []
+    for language in sorted(set(rows["language"].to_pylist())):
+        pairs = rows.filter(pc.equal(rows["language"], language)).to_pylist()
+        first = {}
+        for pair in pairs:
+            first.setdefault(pair["english"], pair)
+        chosen = sorted(first.values(), key=lambda p: kg_sets.draw(cfg.seed, p["english"]))
+        chosen = chosen[:cap] if cap is not None else chosen
+        tasks.append(TranslationTask(
+            f"translation-{language}", [p["english"] for p in chosen],
+            [p["text"] for p in chosen], np.array([p["target"] for p in chosen], np.float32)))
+    if not tasks:
+        log.warning("translation: no held-out pairs in the parallel_data stage; left out")
+    return tasks
+
+
 def build_suite(cfg: EvalConfig, suites: list[str], run_dir: RunDir | None = None,
                 fast: bool = False) -> EvalSuite:
     tasks: list[Task] = []
@@ -184,6 +234,11 @@ def build_suite(cfg: EvalConfig, suites: list[str], run_dir: RunDir | None = Non
         if run_dir is None:
             raise ValueError("the kg suite needs a run directory with the eval_sets stage")
         tasks += kg_tasks(run_dir, cfg, fast)
+    if "translation" in suites:
+        if run_dir is None:
+            raise ValueError("the translation suite needs a run directory with the "
+                             "parallel_data stage")
+        tasks += translation_tasks(run_dir, cfg, fast)
     duplicated = {n for n in (t.name for t in tasks) if [t.name for t in tasks].count(n) > 1}
     if duplicated:
         raise ValueError(f"benchmark name(s) used twice: {', '.join(sorted(duplicated))}")

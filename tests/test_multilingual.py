@@ -1,0 +1,151 @@
+"""Cross-lingual distillation (BioLORD-2023-M) on real data: the UMLS-format fixture's names
+in Spanish, French, German and Dutch, and the bundled disease glossary, with the packaged
+MiniLM as English teacher and as the student's starting point."""
+
+import copy
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from biolord_ray.config import DISEASE_GLOSSARY, load_config
+from biolord_ray.kg import ingest
+from biolord_ray.multilingual import parallel, student
+from biolord_ray.run_dir import RunDir
+from biolord_ray.training import loop
+
+UMLS = Path(__file__).parent / "fixtures" / "umls"
+MINILM = "packaged:all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def umls_run(tmp_path_factory, ray_local):
+    """The fixture release ingested with its names in six languages (Italian included)."""
+    path = tmp_path_factory.mktemp("multilingual")
+    cfg = load_config(None, [
+        "kg.format=umls", f"kg.path={UMLS}", "kg.max_concepts=null", "kg.shuffle_partitions=2",
+        "kg.languages=[ENG, SPA, FRE, GER, DUT, ITA]", f"run_dir={path / 'run'}",
+        f"multilingual.teacher={MINILM}"])
+    run_dir = RunDir(cfg.run_dir)
+    ingest.run(cfg, run_dir)
+    return cfg, run_dir
+
+
+def test_kg_pairs_are_the_english_name_with_each_name_in_a_configured_language(umls_run):
+    _, run_dir = umls_run
+    pairs = parallel.kg_pairs(ingest.read_concepts(run_dir), ["es", "fr", "de", "nl"])
+    found = {(p["concept_id"], p["language"], p["source"], p["target"]) for p in pairs.to_pylist()}
+    assert found == {
+        ("C0011849", "fr", "Diabetes Mellitus", "Diabète"),
+        ("C0011860", "nl", "Diabetes Mellitus, Type 2", "Diabetes mellitus type 2"),
+        ("C0011860", "es", "Diabetes Mellitus, Type 2", "Diabetes Mellitus Tipo 2"),
+        ("C0020538", "es", "Hypertension", "Hipertensión"),
+        ("C0020538", "de", "Hypertension", "Hypertonie"),
+        ("C0018787", "es", "Heart", "Corazón"), ("C0018787", "de", "Heart", "Herz"),
+        ("C0018787", "fr", "Heart", "Cœur"),
+        ("C0030274", "nl", "Pancreas", "Alvleesklier"),
+        ("C0012634", "es", "Disease", "Enfermedad"),
+    }  # Italian was ingested but not asked for; the German-only concept has no English name
+    assert {p["origin"] for p in pairs.to_pylist()} == {"kg"}
+    assert set(pairs["reason"].to_pylist()) == {""}
+
+
+def test_parallel_file_rows_are_cleaned_or_quarantined_with_a_reason(tmp_path, ray_local):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("source\ttarget\tlanguage\n"
+                    " Asthma \tasma\tes\n"
+                    'Cat "scratch" disease\tenfermedad por arañazo de gato\tes\n'
+                    "Heart\t\tfr\n"
+                    "\tHerz\tde\n"
+                    "Disease\tmalattia\tit\n")
+    rows = parallel.read_parallel_file(str(path)).map_batches(
+        parallel.file_pairs, batch_format="pyarrow",
+        fn_kwargs={"languages": ["es", "fr", "de"], "origin": str(path)}).take_all()
+    assert [(r["source"], r["target"], r["language"], r["reason"]) for r in rows] == [
+        ("Asthma", "asma", "es", ""),
+        ('Cat "scratch" disease', "enfermedad por arañazo de gato", "es", ""),
+        ("Heart", "", "fr", "empty_target"),
+        ("", "Herz", "de", "empty_source"),
+        ("Disease", "malattia", "it", "language_not_configured")]
+    assert all(r["concept_id"] is None and r["origin"] == str(path) for r in rows)
+
+
+def test_parquet_parallel_file_with_concept_ids(tmp_path, ray_local):
+    import pyarrow as pa
+
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"concept_id": [73211009, 38341003], "source": ["Diabetes", "HTN"],
+                             "target": ["Diabetes", "Hipertensión"],
+                             "language": ["es", "es"]}), path)
+    rows = parallel.read_parallel_file(str(path)).map_batches(
+        parallel.file_pairs, batch_format="pyarrow",
+        fn_kwargs={"languages": ["es"], "origin": str(path)}).take_all()
+    assert [(r["concept_id"], r["target"], r["reason"]) for r in rows] == [
+        ("73211009", "Diabetes", ""), ("38341003", "Hipertensión", "")]
+
+
+def test_parallel_file_without_a_required_column_names_file_and_column(tmp_path, ray_local):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("source\ttranslation\tlanguage\nHeart\tHerz\tde\n")
+    with pytest.raises(ValueError, match=rf"{path}: no column\(s\) target"):
+        parallel.read_parallel_file(str(path))
+
+
+def test_glossary_is_a_valid_parallel_file():
+    with open(DISEASE_GLOSSARY) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 654 and {r["language"] for r in rows} == {"es", "fr", "de", "nl",
+                                                                  "da", "sv"}
+    assert all(r["concept_id"].startswith("MONDO:") and r["source"] and r["target"]
+               for r in rows)
+
+
+@pytest.mark.slow
+def test_student_learns_to_embed_translations_like_the_teacher(umls_run):
+    cfg, run_dir = umls_run
+    cfg = copy.deepcopy(cfg)
+    cfg.eval.suites = []  # the student's evaluation: translation only (added by the stage)
+    t = cfg.multilingual.train
+    t.max_steps, t.checkpoint_every = 32, 16  # two of the default's three epochs
+
+    record = parallel.run(cfg, run_dir)
+    counts = record["counts"]
+    languages = ["da", "de", "es", "fr", "nl", "sv"]
+    assert counts["train_pairs"] + counts["validation_pairs"] == 654 + 10  # glossary + KG
+    assert all(counts[f"validation_pairs_{lang}"] > 0 for lang in languages)
+    assert counts["quarantined"] == 0
+    rows = pq.read_table(run_dir.output(parallel.STAGE, "train")).to_pandas()
+    assert (rows["kind"] == "english").sum() == (rows["kind"] == "translation").sum()
+    english = rows[rows["kind"] == "english"]
+    assert (english["text"] == english["english"]).all()
+    vectors = np.stack(rows["target"].map(np.asarray))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # A held-out concept has none of its pairs in training.
+    held = set(pq.read_table(run_dir.output(parallel.STAGE, "validation"))["concept_id"]
+               .to_pylist())
+    assert held and not held & set(rows["concept_id"])
+
+    record = student.run(cfg, run_dir)
+    history = list(csv.DictReader(open(run_dir.path(student.STAGE, "history.csv"))))
+    assert [int(r["step"]) for r in history] == [0, 16, 32]
+    # Translation accuracy (held-out pairs, mean of the languages) rises over training, and
+    # the translations' embeddings come closer to the teacher's.
+    scores = [float(r[loop.SCORE]) for r in history]
+    losses = [float(r["val_loss"]) for r in history]
+    assert scores[0] < min(scores[1:]) and losses[0] > losses[1] > losses[2], history
+    report = json.loads((Path(run_dir.path(student.STAGE, "evaluation"))
+                         / "results.json").read_text())
+    before, after = (report["models"][label]["benchmarks"] for label in
+                     (f"student before ({MINILM.removeprefix('packaged:')})", "multilingual"))
+    assert sorted(after) == [f"translation-{lang}" for lang in languages]
+    assert np.mean([after[t]["accuracy"] for t in after]) > \
+        np.mean([before[t]["accuracy"] for t in after])
+    assert all(after[t]["mse"] < before[t]["mse"] and 0 <= after[t]["src2trg"] <= 1
+               for t in after)
+    assert record["counts"]["best_val_score"] > record["counts"]["base_val_score"]
+    model = run_dir.path(student.STAGE, "model")
+    assert "BioLORD-2023-M" in open(f"{model}/README.md").read()
+    assert (Path(run_dir.path(student.STAGE)) / "history.png").stat().st_size > 0
