@@ -95,17 +95,25 @@ def _readme(cfg: PipelineConfig, run_dir: RunDir, records: dict, results_md: str
                if multilingual_md else []),
              ""]
     if results_md:
-        lines += [results_md.replace("# Evaluation (full suite)", "## Evaluation (full suite)"),
-                  "![results](results.png)", ""]
+        lines += [_nested(results_md, "## Evaluation (full suite)"), "![results](results.png)",
+                  ""]
     if multilingual_md:
         lines += ["## Multilingual student (BioLORD-M)", "",
-                  multilingual_md.replace("# Evaluation (full suite)", "### Evaluation"), ""]
+                  _nested(multilingual_md, "### Evaluation"), ""]
     lines += ["## Stages", "", f"Total: {total:.0f} s ({total / 60:.1f} min).", "",
               "| stage | seconds | counts |", "|---|---:|---|"]
     lines += [f"| {name} | {r['seconds']:.1f} | {_counts(r['counts'])} |"
               for name, r in records.items()]
     lines += ["", "![timings](timings.png)", ""]
     return "\n".join(lines)
+
+
+def _nested(results_md: str, title: str) -> str:
+    """An evaluation report's Markdown under ``title`` (a heading), its per-benchmark
+    headings one level below it."""
+    level = title.index(" ")
+    body = results_md.split("\n", 1)[1].replace("\n## ", f"\n{'#' * (level + 1)} ")
+    return f"{title}\n{body}"
 
 
 def _counts(counts: dict) -> str:

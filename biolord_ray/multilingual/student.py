@@ -89,11 +89,11 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
         write_history(history, local, f"multilingual student: {tcfg.base_model} "
                                       f"({data['train_pairs']} translation pairs)")
         suites = list(dict.fromkeys([*cfg.eval.suites, "translation"]))
+        before_label = f"student before ({model_label(tcfg.base_model)})"
         report = evaluate_models(
             [parallel.teacher_dir(cfg, run_dir), tcfg.base_model, model_dir],
             build_suite(cfg.eval, suites, run_dir), cfg,
-            labels=["teacher", f"student before ({model_label(tcfg.base_model)})",
-                    "multilingual"],
+            labels=["teacher", before_label, "multilingual"],
             locations=[None, None, run_dir.path(STAGE, loop.EXPORT_SUBDIR)])
         write_report(report, os.path.join(local, "evaluation"))
         training = {
@@ -120,8 +120,7 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
             training=training, evaluation_markdown=markdown(report))
         pafs.copy_files(local, staging, destination_filesystem=run_dir.fs)
     student = report["models"]["multilingual"]["benchmarks"]
-    before = next(iter(m for label, m in report["models"].items()
-                       if label.startswith("student before")))["benchmarks"]
+    before = report["models"][before_label]["benchmarks"]
     counts = {"steps": history[-1]["step"], "best_step": best_metrics["step"],
               "best_val_score": round(best_metrics[loop.SCORE], 4),
               "base_val_score": round(history[0][loop.SCORE], 4),
