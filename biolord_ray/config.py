@@ -65,12 +65,17 @@ class KGConfig:
     format: Literal["mondo", "hpo", "obo", "umls", "snomed"] = "mondo"
     path: str | None = input_path(default=None)
     # UMLS LAT codes of the names to keep (ENG, SPA, FRE, ...); names in other languages
-    # are dropped. For SNOMED CT: description languageCode values (en, es, ...).
+    # are dropped. SNOMED CT (description languageCode) and OBO (a synonym's {lang="..."}
+    # qualifier; untagged names are English) take these or ISO 639-1 codes (en, es, ...).
     languages: list[str] = field(default_factory=lambda: ["ENG", "en"])
     # UMLS source vocabularies (SAB) to keep; empty keeps every vocabulary.
     vocabularies: list[str] = field(default_factory=list)
     # Keep UMLS atoms marked suppressible/obsolete (SUPPRESS in O, E, Y).
     keep_suppressed: bool = False
+    # SNOMED CT extension releases read with kg.path (RF2 directories, e.g. a national
+    # extension's translations: its descriptions in kg.languages become names of the
+    # concepts kg.path defines). None of their files is required.
+    extensions: list[str] = input_path(default_factory=list)
     # SNOMED CT language reference set deciding the preferred term (US English by default).
     snomed_language_refset: str = "900000000000509007"
     # Keep only the first N concepts (deterministic: sorted by id) and the relations among

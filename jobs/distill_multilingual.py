@@ -7,7 +7,8 @@ model (BioLORD-2023-M).
         --set kg.path=/data/umls/META
 
 Parallel text: the KG's names in multilingual.languages (UMLS other-LAT rows, SNOMED CT
-extensions; keep them at ingest with kg.languages) and multilingual.files (TSV/Parquet with
+descriptions and kg.extensions, OBO synonyms tagged {lang="xx"}; keep them at ingest with
+kg.languages) and multilingual.files (TSV/Parquet with
 source, target, language[, concept_id]; the embedded default ships a disease glossary).
 Runs the stages it needs first when they are not complete: ingest_kg and eval_sets, and the
 whole English pipeline up to soup when the teacher is this run's model. Writes

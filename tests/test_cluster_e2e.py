@@ -10,7 +10,8 @@ actors and Ray Train workers are on different nodes. Two faults are injected on 
 * a Ray Train worker of the first distillation trial is killed with ``distill.max_failures=0``,
   so the trial fails and Ray Tune starts it again (``tune.max_failures=1``).
 
-The run must then finish with every stage complete and the final report written. The
+The run (with the optional multilingual stages) must then finish with every stage complete
+and the final report written, its multilingual section included. The
 job server must answer on loopback only, and only with the cluster's token.
 """
 
@@ -36,10 +37,10 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# The embedded default, made small enough for CI: 200 MONDO concepts and short training
+# The embedded default, made small enough for CI: 120 MONDO concepts and short training
 # runs (its grid of two distillation trials unchanged).
 OVERRIDES = [
-    "kg.max_concepts=200", "kg.shuffle_partitions=2", "targets.shuffle_partitions=2",
+    "kg.max_concepts=120", "kg.shuffle_partitions=2", "targets.shuffle_partitions=2",
     # Small generation batches so that definitions land shard by shard (the driver is killed
     # in between).
     "definitions.batch_size=8", "definitions.rows_per_shard=8",
@@ -48,6 +49,9 @@ OVERRIDES = [
     "contrastive.max_steps=8", "contrastive.checkpoint_every=8",
     "distill.max_steps=6", "distill.checkpoint_every=3", "distill.max_failures=0",
     "tune.max_failures=1",
+    # The optional multilingual stages too (their report section), with a short student run.
+    "multilingual.enabled=true", "multilingual.train.max_steps=4",
+    "multilingual.train.checkpoint_every=4",
 ]
 
 
@@ -209,7 +213,8 @@ def test_pipeline_submitted_to_a_two_node_cluster_survives_faults(tmp_path):
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     stages = ["ingest_kg", "eval_sets", "generate_definitions", "build_pairs",
-              "train_contrastive", "teacher_targets", "distill", "soup", "report"]
+              "train_contrastive", "teacher_targets", "distill", "soup", "parallel_data",
+              "distill_multilingual", "report"]
     assert {s: manifest["stages"][s]["status"] for s in stages} == dict.fromkeys(stages,
                                                                                  "complete")
 
@@ -239,8 +244,11 @@ def test_pipeline_submitted_to_a_two_node_cluster_survives_faults(tmp_path):
 
     report = (run_dir / "report" / "README.md").read_text()
     for row in ("| base (all-MiniLM-L6-v2) |", "| BioLORD-C (contrastive) |",
-                "| BioLORD-S (best distillation trial) |", "| BioLORD (soup, greedy) |"):
+                "| BioLORD-S (best distillation trial) |", "| BioLORD (soup, greedy) |",
+                "## Multilingual student (BioLORD-M)", "| teacher |", "| multilingual |",
+                "\n#### translation-es"):
         assert row in report, row
     assert (run_dir / "report" / "timings.png").stat().st_size > 0
-    for model in ("train_contrastive/model", "soup/model", "soup/model_s"):
+    for model in ("train_contrastive/model", "soup/model", "soup/model_s",
+                  "distill_multilingual/model"):
         assert (run_dir / model / "model.safetensors").exists(), model

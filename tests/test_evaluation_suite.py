@@ -1,5 +1,6 @@
 """The evaluation suite with a real model (all-MiniLM-L6-v2) and the real bundled HPO."""
 
+import csv
 import json
 import shutil
 import subprocess
@@ -10,10 +11,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from biolord_ray.config import DISEASE_GLOSSARY
 from biolord_ray.evaluation import kg_sets
 from biolord_ray.evaluation.embed import Embedder, load_sentence_model, sentence_model_dir
 from biolord_ray.evaluation.pairs import load_pairs
-from biolord_ray.evaluation.suite import EvalSuite, SimilarityTask, build_suite, main_score
+from biolord_ray.evaluation.suite import (
+    EvalSuite,
+    SimilarityTask,
+    TranslationTask,
+    build_suite,
+    main_score,
+)
 from biolord_ray.kg import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +117,28 @@ def test_kg_tasks_full_and_fast(eval_run, minilm):
     assert results["kg-hierarchy"]["n_pairs"] <= 2 * cfg.eval.fast_max_pairs
     assert results["kg-hierarchy"]["roc_auc"] > 0.6  # real names: parents are closer
     assert 0 < main_score(results) < 1
+
+
+def test_translation_task_scores_like_sentence_transformers_translation_evaluator(minilm):
+    from sentence_transformers.sentence_transformer.evaluation import TranslationEvaluator
+
+    # Glossary pairs in Dutch, one translation repeated (a duplicated string counts as found
+    # wherever it is, as in TranslationEvaluator).
+    rows = [r for r in csv.DictReader(open(DISEASE_GLOSSARY), delimiter="\t")
+            if r["language"] == "nl"][:40]
+    english = [r["source"] for r in rows] + ["mellitus diabetes"]
+    dutch = [r["target"] for r in rows] + [rows[0]["target"]]
+    teacher = minilm.encode(english, normalize_embeddings=True)
+    found = TranslationTask("translation-nl", english, dutch, teacher).run(
+        minilm, Embedder(minilm))
+    expected = TranslationEvaluator(english, dutch, name="nl", write_csv=False)(minilm)
+    assert found["src2trg"] == pytest.approx(expected["nl_src2trg_accuracy"])
+    assert found["trg2src"] == pytest.approx(expected["nl_trg2src_accuracy"])
+    assert found["accuracy"] == pytest.approx(expected["nl_mean_accuracy"])
+    assert 0 < found["accuracy"] < 1 and found["n_pairs"] == 41
+    dutch_vectors = minilm.encode(dutch, normalize_embeddings=True)
+    assert found["mse"] == pytest.approx(float(np.mean((dutch_vectors - teacher) ** 2)),
+                                         rel=1e-4)
 
 
 def test_ray_data_actors_embed_like_the_local_model(ray_local, minilm):

@@ -63,6 +63,29 @@ def test_obo_tags_scopes_typedefs_and_obsolete(tmp_path):
         ("disease_has_location", "X:3"), ("is_a", "X:2")]
 
 
+def test_language_qualifiers_on_synonyms(tmp_path):
+    path = tmp_path / "multilingual.obo"
+    path.write_text(
+        '[Term]\nid: X:1\nname: heart disease\n'
+        'synonym: "cardiopathy" EXACT [PMID:1] {date="2020-09-04"}\n'
+        'synonym: "cardiopathie" EXACT [] {lang="fr"}\n'
+        'synonym: "maladie cardiaque" RELATED [] {date="2020-09-04", lang="fr-CA"}\n'
+        'synonym: "MC" EXACT ABBREVIATION [] {language="FR"}\n'
+        'synonym: "Herzkrankheit" EXACT [] {lang="de"}\n'
+        'synonym: "cardiac disease" EXACT [] {lang="en-GB"}\n')
+    concepts, _, counts = obo.read_obo(str(path), languages=["en", "fr"])
+    concept = concepts.to_pylist()[0]
+    assert concept["preferred_name_language"] == "en"
+    assert [(s["text"], s["type"], s["language"]) for s in concept["synonyms"]] == [
+        ("cardiopathy", "exact", "en"), ("cardiopathie", "other_language", "fr"),
+        ("maladie cardiaque", "other_language", "fr"), ("MC", "other_language", "fr"),
+        ("cardiac disease", "exact", "en")]
+    assert counts["synonyms_in_other_languages"] == 1  # German: not in languages
+    concepts, _, counts = obo.read_obo(str(path))  # no language filter
+    assert len(concepts.to_pylist()[0]["synonyms"]) == 6
+    assert counts["synonyms_in_other_languages"] == 0
+
+
 @pytest.mark.parametrize("body, line, message", [
     ('[Term]\nid: X:1\nname: a\n\n[Term]\nid: X:1\nname: b\n', 6,
      "duplicate term id X:1 \\(first at line 2\\)"),
@@ -97,6 +120,7 @@ def test_bundled_mondo():
     rows = {r["concept_id"]: r for r in concepts.slice(0, 40_000).to_pylist()}
     t2d = rows["MONDO:0005148"]
     assert t2d["preferred_name"] == "type 2 diabetes mellitus"
+    assert t2d["preferred_name_language"] == "en"
     assert {"text": "T2DM", "type": "abbreviation", "language": "en",
             "source": "MONDO"} in t2d["synonyms"]
     assert t2d["definitions"][0]["text"].startswith("A type of diabetes mellitus")

@@ -4,6 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from biolord_ray.config import DefinitionsConfig, KGConfig
@@ -119,9 +120,37 @@ def test_release_files_from_root_snapshot_or_folder():
     assert snomed.LANGUAGES not in snomed.release_files(str(RELEASE / TERMINOLOGY))
 
 
+def test_extension_files_may_name_the_extension_and_need_not_be_complete(tmp_path):
+    # The Spanish Edition names its files sct2_Description_SpanishExtensionSnapshot-es_...
+    name = "sct2_Description_SpanishExtensionSnapshot-es_INT_20250101.txt"
+    shutil.copy(RELEASE / DESCRIPTION_FILE, tmp_path / name)
+    files = snomed.release_files(str(tmp_path), required=False)
+    assert [os.path.basename(p) for p in files[snomed.DESCRIPTIONS]] == [name]
+    with pytest.raises(KGFormatError, match="not a SNOMED CT RF2 snapshot"):
+        snomed.release_files(str(tmp_path))
+    (tmp_path / name).unlink()
+    with pytest.raises(KGFormatError, match="no RF2 snapshot file in this SNOMED CT extension"):
+        snomed.release_files(str(tmp_path), required=False)
+
+
+def test_names_in_other_languages_rank_after_english_and_add_no_semantic_type():
+    # An edition's Spanish FSN and synonym beside the English FSN (no language refset).
+    batch = pa.table({
+        "conceptId": ["73211009"] * 3, "languageCode": ["en", "es", "es"],
+        "typeId": [snomed.FSN, snomed.FSN, snomed.SYNONYM],
+        "term": ["Diabetes mellitus (disorder)", "diabetes mellitus (trastorno)", "diabetes"]})
+    facts = snomed.descriptions_to_facts(batch).to_pylist()
+    assert [(f["text"], f["type"], f["language"], f["rank"]) for f in facts
+            if f["kind"] == "name"] == [
+        ("Diabetes mellitus", "fully_specified", "en", 2),
+        ("diabetes mellitus", "other_language", "es", 4),
+        ("diabetes", "other_language", "es", 4)]
+    assert [f["text"] for f in facts if f["kind"] == "semantic_type"] == ["disorder"]
+
+
 def test_missing_required_file(copy):
     (copy / RELATIONSHIP_FILE).unlink()
-    with pytest.raises(KGFormatError, match=r"sct2_Relationship_Snapshot\*") as err:
+    with pytest.raises(KGFormatError, match=r"sct2_Relationship_\*Snapshot\*") as err:
         snomed.read(KGConfig(format="snomed", path=str(copy)))
     assert err.value.path == str(copy / "Snapshot")
 
@@ -172,10 +201,11 @@ def test_duplicate_concept_id(copy):
 def test_definition_prompts_from_snomed_facts():
     tables = snomed.read(KGConfig(format="snomed", path=str(RELEASE), languages=["en"]),
                          num_partitions=2)
-    with located_read_errors(tables.files):
-        prompts = {r["concept_id"]: r for r in
-                   prompt_dataset(tables.concepts, tables.relations,
-                                  DefinitionsConfig(only_missing=False), 2).take_all()}
+    with located_read_errors(tables.files):  # read once: both prompt datasets use them
+        concepts, relations = tables.concepts.materialize(), tables.relations.materialize()
+    prompts = {r["concept_id"]: r for r in
+               prompt_dataset(concepts, relations, DefinitionsConfig(only_missing=False),
+                              2).take_all()}
     assert len(prompts) == 13
     diabetes = prompts["73211009"]["user_prompt"]
     assert "- also called: DM - Diabetes mellitus\n- semantic type: disorder\n" in diabetes
@@ -186,8 +216,8 @@ def test_definition_prompts_from_snomed_facts():
     assert "- is a kind of: Diabetes mellitus\n" in type2
     # The attribute whose target is outside the release gives no fact (no name to show).
     assert "attribute_370135005" not in prompts["46635009"]["user_prompt"]
-    only_missing = prompt_dataset(tables.concepts, tables.relations,
-                                  DefinitionsConfig(only_missing=True), 2).take_all()
+    only_missing = prompt_dataset(concepts, relations, DefinitionsConfig(only_missing=True),
+                                  2).take_all()
     assert {r["concept_id"] for r in only_missing} == {
         cid for cid, r in prompts.items() if not r["has_definition"]}
     # Facts still name related concepts that have a definition.

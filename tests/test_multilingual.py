@@ -8,16 +8,19 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from biolord_ray.config import DISEASE_GLOSSARY, load_config
-from biolord_ray.kg import ingest
+from biolord_ray.config import DISEASE_GLOSSARY, KGConfig, load_config
+from biolord_ray.kg import ingest, obo, snomed
+from biolord_ray.kg.schema import CONCEPT_SCHEMA
 from biolord_ray.multilingual import parallel, student
 from biolord_ray.run_dir import RunDir
 from biolord_ray.training import loop
 
 UMLS = Path(__file__).parent / "fixtures" / "umls"
+SNOMED = Path(__file__).parent / "fixtures" / "snomed"
 MINILM = "packaged:all-MiniLM-L6-v2"
 
 
@@ -37,20 +40,73 @@ def umls_run(tmp_path_factory, ray_local):
 def test_kg_pairs_are_the_english_name_with_each_name_in_a_configured_language(umls_run):
     _, run_dir = umls_run
     pairs = parallel.kg_pairs(ingest.read_concepts(run_dir), ["es", "fr", "de", "nl"])
-    found = {(p["concept_id"], p["language"], p["source"], p["target"]) for p in pairs.to_pylist()}
+    found = {(p["concept_id"], p["language"], p["source"], p["target"])
+             for p in pairs.to_pylist() if not p["reason"]}
     assert found == {
+        # A name that is the same string in two languages is a pair (a cognate).
+        ("C0011849", "es", "Diabetes Mellitus", "Diabetes Mellitus"),
         ("C0011849", "fr", "Diabetes Mellitus", "Diabète"),
         ("C0011860", "nl", "Diabetes Mellitus, Type 2", "Diabetes mellitus type 2"),
         ("C0011860", "es", "Diabetes Mellitus, Type 2", "Diabetes Mellitus Tipo 2"),
         ("C0020538", "es", "Hypertension", "Hipertensión"),
         ("C0020538", "de", "Hypertension", "Hypertonie"),
+        ("C0020538", "fr", "Hypertension", "Hypertension"),
         ("C0018787", "es", "Heart", "Corazón"), ("C0018787", "de", "Heart", "Herz"),
         ("C0018787", "fr", "Heart", "Cœur"),
         ("C0030274", "nl", "Pancreas", "Alvleesklier"),
         ("C0012634", "es", "Disease", "Enfermedad"),
-    }  # Italian was ingested but not asked for; the German-only concept has no English name
+    }  # Italian was ingested but not asked for
     assert {p["origin"] for p in pairs.to_pylist()} == {"kg"}
+    # C9999999 has a German and a Spanish name, no English one: its pair is not English to
+    # Spanish, so it is quarantined.
+    assert [(p["concept_id"], p["language"], p["source"], p["target"], p["reason"])
+            for p in pairs.to_pylist() if p["reason"]] == [
+        ("C9999999", "es", "Nur deutscher Name", "Sin nombre en inglés", "no_english_name")]
+
+
+def test_kg_pairs_from_a_snomed_ct_extension(ray_local):
+    """The fixture release read with its Dutch extension (the real RF2 layout of a national
+    extension: its own module, descriptions and language refset)."""
+    cfg = KGConfig(format="snomed", path=str(SNOMED / "SnomedCT_TestRF2_20250101"),
+                   extensions=[str(SNOMED / "SnomedCT_TestExtensionNL_NL1000146_20250101")],
+                   languages=["en", "nl", "SPA"])
+    rows = snomed.read(cfg, num_partitions=2).concepts.take_all()
+    concepts = {c["concept_id"]: c for c in rows}
+    # The extension names no new concept (its name of an unknown one is dropped), and the
+    # English names stay preferred.
+    assert len(concepts) == 13
+    assert concepts["38341003"]["preferred_name"] == "Hypertensive disorder"
+    assert {(s["text"], s["type"]) for s in concepts["38341003"]["synonyms"]} == {
+        ("High blood pressure", "exact"), ("Hypertensive disorder, systemic arterial",
+                                           "fully_specified"),
+        ("hypertensieve aandoening", "other_language"), ("hoge bloeddruk", "other_language")}
+    pairs = parallel.kg_pairs(pa.Table.from_pylist(rows, schema=CONCEPT_SCHEMA), ["nl", "es"])
+    assert sorted((p["concept_id"], p["language"], p["source"], p["target"])
+                  for p in pairs.to_pylist() if not p["reason"]) == [
+        ("38341003", "nl", "Hypertensive disorder", "hoge bloeddruk"),
+        ("38341003", "nl", "Hypertensive disorder", "hypertensieve aandoening"),
+        ("44054006", "nl", "Type 2 diabetes mellitus", "diabetes mellitus type 2"),
+        # One string, two languages (the release's Spanish name, the extension's Dutch one).
+        ("73211009", "es", "Diabetes mellitus", "diabetes mellitus"),
+        ("73211009", "nl", "Diabetes mellitus", "diabetes mellitus"),
+        ("80891009", "nl", "Heart structure", "structuur van hart"),
+    ]  # the Dutch name of 15776009 is inactive
     assert set(pairs["reason"].to_pylist()) == {""}
+
+
+def test_kg_pairs_from_language_tagged_obo_synonyms(tmp_path):
+    path = tmp_path / "mini.obo"
+    path.write_text(
+        '[Term]\nid: X:1\nname: asthma\nsynonym: "asthme" EXACT [] {lang="fr"}\n'
+        'synonym: "asma" EXACT [] {lang="es"}\nsynonym: "Asthma" EXACT [] {lang="de"}\n'
+        'synonym: "bronchial asthma" EXACT []\n\n'
+        '[Term]\nid: X:2\nname: heart\nsynonym: "cœur" EXACT [] {lang="fr"}\n')
+    concepts, _, _ = obo.read_obo(str(path), languages=["en", "fr", "es"])
+    pairs = parallel.kg_pairs(concepts, ["fr", "es", "de"])
+    assert [(p["concept_id"], p["language"], p["source"], p["target"], p["reason"])
+            for p in pairs.to_pylist()] == [
+        ("X:1", "fr", "asthma", "asthme", ""), ("X:1", "es", "asthma", "asma", ""),
+        ("X:2", "fr", "heart", "cœur", "")]  # German was not kept at ingest
 
 
 def test_parallel_file_rows_are_cleaned_or_quarantined_with_a_reason(tmp_path, ray_local):
@@ -114,9 +170,9 @@ def test_student_learns_to_embed_translations_like_the_teacher(umls_run):
     record = parallel.run(cfg, run_dir)
     counts = record["counts"]
     languages = ["da", "de", "es", "fr", "nl", "sv"]
-    assert counts["train_pairs"] + counts["validation_pairs"] == 654 + 10  # glossary + KG
+    assert counts["train_pairs"] + counts["validation_pairs"] == 654 + 12  # glossary + KG
     assert all(counts[f"validation_pairs_{lang}"] > 0 for lang in languages)
-    assert counts["quarantined"] == 0
+    assert counts["quarantined"] == counts["quarantined_no_english_name"] == 1
     rows = pq.read_table(run_dir.output(parallel.STAGE, "train")).to_pandas()
     assert (rows["kind"] == "english").sum() == (rows["kind"] == "translation").sum()
     english = rows[rows["kind"] == "english"]

@@ -1,4 +1,5 @@
-"""Metrics on L2-normalised embeddings: pair correlations, concept retrieval, hierarchy AUC."""
+"""Metrics on L2-normalised embeddings: pair correlations, concept retrieval, hierarchy AUC,
+translation retrieval."""
 
 from __future__ import annotations
 
@@ -54,6 +55,20 @@ def concept_retrieval(query_emb: np.ndarray, query_concepts: np.ndarray,
     within = (rank >= 1) & (rank <= mrr_at)
     metrics[f"mrr@{mrr_at}"] = float(np.where(within, 1.0 / np.maximum(rank, 1), 0.0).mean())
     return metrics
+
+
+def translation_accuracy(source_emb: np.ndarray, target_emb: np.ndarray,
+                         sources: list[str], targets: list[str]) -> dict[str, float]:
+    """How often each source's nearest target is its translation (src2trg), and back
+    (trg2src); a duplicated string counts as found wherever it is. The metric of
+    sentence-transformers' TranslationEvaluator, written here because that evaluator embeds
+    both sides itself: here they come from the suite's Embedder, once per text, and are
+    shared with the MSE to the teacher."""
+    nearest = source_emb @ target_emb.T
+    sources_, targets_ = np.asarray(sources, dtype=object), np.asarray(targets, dtype=object)
+    src2trg = float(np.mean(targets_[nearest.argmax(axis=1)] == targets_))
+    trg2src = float(np.mean(sources_[nearest.argmax(axis=0)] == sources_))
+    return {"src2trg": src2trg, "trg2src": trg2src, "accuracy": (src2trg + trg2src) / 2}
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from biolord_ray.config import KGConfig, PipelineConfig
 from biolord_ray.kg import mondo, obo
 from biolord_ray.kg.errors import KGFormatError
-from biolord_ray.kg.schema import CONCEPT_SCHEMA, RELATION_SCHEMA
+from biolord_ray.kg.schema import CONCEPT_SCHEMA, RELATION_SCHEMA, iso_language
 from biolord_ray.kg.tables import KGTables, located_read_errors
 from biolord_ray.run_dir import RunDir, StageOutputs, fingerprint, run_stage, write_parquet
 
@@ -50,7 +50,9 @@ def read_kg(cfg: KGConfig, num_partitions: int = 16) -> KGTables:
     if cfg.format == "mondo":
         concepts, relations, counts = mondo.read_mondo(mondo.load_bundled()[0])
     else:
-        concepts, relations, counts = obo.read_obo(cfg.path or obo.bundled_hpo_path())
+        concepts, relations, counts = obo.read_obo(
+            cfg.path or obo.bundled_hpo_path(),
+            languages=sorted({iso_language(code) for code in cfg.languages}))
     return KGTables(ray.data.from_arrow(concepts), ray.data.from_arrow(relations), counts)
 
 

@@ -39,6 +39,7 @@ def read_mondo(terms: dict, source: str = "MONDO") -> tuple[pa.Table, pa.Table, 
         concepts.append({
             "concept_id": concept_id,
             "preferred_name": name,
+            "preferred_name_language": "en",
             "synonyms": [{"text": s, "type": "abbreviation" if ACRONYM.match(s) else "exact",
                           "language": "en", "source": source}
                          for s in dict.fromkeys(term.get("synonyms", [])) if s != name],

@@ -3,6 +3,13 @@
 Written by hand: none of the product's packages parses OBO, and only a few tags matter
 here (id, name, def, synonym, is_a, relationship, namespace, is_obsolete). OBO files are
 tens of MB at most, so one streaming pass in one process builds the tables.
+
+Languages: OBO 1.4 has no language field. A synonym's language is read from its trailing
+qualifier, ``synonym: "Diabète" EXACT [] {lang="fr"}`` (``lang`` or ``language``, a BCP 47
+tag whose primary subtag is kept: "fr-CA" -> "fr"); synonyms without one, and term names,
+are English. Synonyms in another language are typed "other_language" (the English phases
+leave them out; the multilingual stages pair them), and only those in ``kg.languages`` are
+kept.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ from biolord_ray.kg.errors import KGFormatError
 from biolord_ray.kg.schema import CONCEPT_SCHEMA, IS_A, RELATION_SCHEMA
 
 QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"\s*(.*)$')
+# Trailing qualifiers: '... {lang="fr", date="2020-09-04"}' at the end of a tag's value.
+QUALIFIERS = re.compile(r'\{([^{}]*)\}\s*$')
+QUALIFIER = re.compile(r'([\w:.-]+)\s*=\s*"((?:[^"\\]|\\.)*)"')
+LANGUAGE_QUALIFIERS = ("lang", "language")
 SCOPES = {"EXACT": "exact", "RELATED": "related", "BROAD": "broad", "NARROW": "narrow"}
 ABBREVIATION_SYNONYM_TYPES = {"abbreviation", "ABBREVIATION", "acronym", "ACRONYM"}
 
@@ -45,10 +56,14 @@ def bundled_hpo_path() -> str:
     return os.path.join(spec.submodule_search_locations[0], "data", "hp.obo")
 
 
-def read_obo(path: str) -> tuple[pa.Table, pa.Table, dict[str, int]]:
-    """Concepts and relations of an OBO file, and the skips counted by reason."""
+def read_obo(path: str, languages: list[str] | None = None
+             ) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """Concepts and relations of an OBO file, and the skips counted by reason.
+
+    ``languages``: ISO 639-1 codes of the synonyms to keep (None keeps all).
+    """
     terms, relation_names, ontology = _parse(path)
-    counts = {"obsolete_terms": 0, "terms_without_name": 0}
+    counts = {"obsolete_terms": 0, "terms_without_name": 0, "synonyms_in_other_languages": 0}
     concepts, relations = [], []
     for term in terms.values():
         if term.obsolete:
@@ -58,15 +73,18 @@ def read_obo(path: str) -> tuple[pa.Table, pa.Table, dict[str, int]]:
             counts["terms_without_name"] += 1
             continue
         source = term.concept_id.split(":")[0] if ":" in term.concept_id else ontology
-        seen = {term.name}
+        seen = {(term.name, "en")}  # one name per string and language (see tables.py)
         synonyms = []
         for s in term.synonyms:
-            if s["text"] not in seen:
-                seen.add(s["text"])
+            if languages is not None and s["language"] not in languages:
+                counts["synonyms_in_other_languages"] += 1
+            elif (s["text"], s["language"]) not in seen:
+                seen.add((s["text"], s["language"]))
                 synonyms.append({**s, "source": source})
         concepts.append({
             "concept_id": term.concept_id,
             "preferred_name": term.name,
+            "preferred_name_language": "en",
             "synonyms": synonyms,
             "definitions": [{**d, "source": source} for d in term.definitions],
             "semantic_types": [term.namespace] if term.namespace else [],
@@ -128,11 +146,14 @@ def _add_tag(term: _Term, tag: str, value: str, path: str, number: int) -> None:
         term.definitions.append({"text": text})
     elif tag == "synonym":
         text, rest = _quoted(value, path, number, tag)
-        words = rest.split()
+        qualifiers = QUALIFIERS.search(rest)
+        words = rest[:qualifiers.start() if qualifiers else None].split()
         scope = words[0] if words else "RELATED"  # OBO 1.4: the scope defaults to RELATED
         kind = "abbreviation" if len(words) > 1 and words[1] in ABBREVIATION_SYNONYM_TYPES \
             else SCOPES.get(scope, "other")
-        term.synonyms.append({"text": text, "type": kind, "language": "en"})
+        language = _language(qualifiers.group(1)) if qualifiers else "en"
+        term.synonyms.append({"text": text, "language": language,
+                              "type": kind if language == "en" else "other_language"})
     elif tag == "is_a":
         term.relations.append((IS_A, value.split()[0]))
     elif tag == "relationship":
@@ -150,6 +171,14 @@ def _quoted(value: str, path: str, number: int, tag: str) -> tuple[str, str]:
                             number)
     text = match.group(1).replace('\\"', '"').replace("\\n", " ").replace("\\\\", "\\")
     return text.strip(), match.group(2)
+
+
+def _language(qualifiers: str) -> str:
+    """ISO 639-1 code from trailing qualifiers (``lang="fr-CA"`` -> "fr"); "en" without one."""
+    for key, value in QUALIFIER.findall(qualifiers):
+        if key in LANGUAGE_QUALIFIERS and value.strip():
+            return value.strip().split("-")[0].split("_")[0].lower()
+    return "en"
 
 
 def _strip_trailing_comment(value: str) -> str:

@@ -21,6 +21,7 @@ DEFINITION = pa.struct([
 CONCEPT_SCHEMA = pa.schema([
     ("concept_id", pa.string()),
     ("preferred_name", pa.string()),
+    ("preferred_name_language", pa.string()),   # as SYNONYM.language ("en" for English)
     ("synonyms", pa.list_(SYNONYM)),            # excludes the preferred name itself
     ("definitions", pa.list_(DEFINITION)),
     ("semantic_types", pa.list_(pa.string())),  # UMLS STY, SNOMED CT semantic tag, OBO namespace
@@ -35,3 +36,15 @@ RELATION_SCHEMA = pa.schema([
 ])
 
 IS_A = "is_a"
+
+# UMLS language codes (LAT) -> ISO 639-1, for the languages the paper's multilingual model
+# covers and a few more; other codes are kept lower-cased.
+UMLS_LANGUAGES = {"ENG": "en", "SPA": "es", "FRE": "fr", "GER": "de", "DUT": "nl",
+                  "DAN": "da", "SWE": "sv", "ITA": "it", "POR": "pt", "NOR": "no",
+                  "FIN": "fi", "CZE": "cs", "POL": "pl", "RUS": "ru", "JPN": "ja",
+                  "CHI": "zh", "KOR": "ko", "TUR": "tr"}
+
+
+def iso_language(code: str) -> str:
+    """A UMLS LAT code ("SPA") or an ISO 639-1 code ("es") -> the ISO code the schema uses."""
+    return UMLS_LANGUAGES.get(code, code.lower())

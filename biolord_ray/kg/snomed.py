@@ -3,6 +3,11 @@ the language reference set, streamed with Ray Data.
 
 RF2 files are tab-delimited with a header line and no quoting. Column orders follow the
 SNOMED CT Release File Specifications. Only active rows count (``active`` == "1").
+
+Extensions (``kg.extensions``) are read with the release: their files join the release's,
+so an extension's descriptions (e.g. a national translation) become names of the concepts
+the release defines. File names may carry an extension's name before "Snapshot"
+(``sct2_Description_SpanishExtensionSnapshot-es_INT_...``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import pyarrow.compute as pc
 
 from biolord_ray.config import KGConfig
 from biolord_ray.kg.errors import KGFormatError
-from biolord_ray.kg.schema import IS_A, RELATION_SCHEMA
+from biolord_ray.kg.schema import IS_A, RELATION_SCHEMA, iso_language
 from biolord_ray.kg.tables import (
     KGTables,
     assemble_concepts,
@@ -33,11 +38,11 @@ RELATIONSHIP = ["id", "effectiveTime", "active", "moduleId", "sourceId", "destin
 LANGUAGE_REFSET = ["id", "effectiveTime", "active", "moduleId", "refsetId",
                    "referencedComponentId", "acceptabilityId"]
 
-CONCEPTS = "sct2_Concept_Snapshot*"
-DESCRIPTIONS = "sct2_Description_Snapshot*"
-DEFINITIONS = "sct2_TextDefinition_Snapshot*"
-RELATIONSHIPS = "sct2_Relationship_Snapshot*"
-LANGUAGES = "der2_cRefset_LanguageSnapshot*"
+CONCEPTS = "sct2_Concept_*Snapshot*"
+DESCRIPTIONS = "sct2_Description_*Snapshot*"
+DEFINITIONS = "sct2_TextDefinition_*Snapshot*"
+RELATIONSHIPS = "sct2_Relationship_*Snapshot*"
+LANGUAGES = "der2_cRefset_Language*Snapshot*"
 REQUIRED = {CONCEPTS: CONCEPT, DESCRIPTIONS: DESCRIPTION, RELATIONSHIPS: RELATIONSHIP}
 OPTIONAL = {DEFINITIONS: DESCRIPTION, LANGUAGES: LANGUAGE_REFSET}
 COLUMNS = {**REQUIRED, **OPTIONAL}
@@ -52,11 +57,12 @@ IS_A_TYPE = "116680003"
 SEMANTIC_TAG = r"^(?P<name>.*?)\s*\((?P<tag>[^()]+)\)\s*$"
 
 
-def release_files(path: str) -> dict[str, list[str]]:
+def release_files(path: str, required: bool = True) -> dict[str, list[str]]:
     """RF2 snapshot files by pattern, found under the release root, its Snapshot folder or
-    any folder holding them; every required pattern must match at least one file."""
+    any folder holding them; every required pattern must match at least one file (for an
+    extension, ``required=False``: at least one file of any pattern)."""
     if not os.path.isdir(path):
-        raise KGFormatError(path, "not a directory (kg.path must be an RF2 release directory)")
+        raise KGFormatError(path, "not a directory (an RF2 release must be a directory)")
     snapshot = os.path.join(path, "Snapshot")
     root = snapshot if os.path.isdir(snapshot) else path
     found = {}
@@ -65,7 +71,10 @@ def release_files(path: str) -> dict[str, list[str]]:
                          if os.path.isfile(p))
         if matches:
             found[pattern] = matches
-    missing = [pattern for pattern in REQUIRED if pattern not in found]
+    if not required and not found:
+        raise KGFormatError(root, "no RF2 snapshot file in this SNOMED CT extension (files "
+                            f"matching {', '.join(COLUMNS)})")
+    missing = [pattern for pattern in REQUIRED if pattern not in found] if required else []
     if missing:
         raise KGFormatError(root, f"not a SNOMED CT RF2 snapshot: no file matching "
                             f"{', '.join(missing)} (kg.path must be the release root, its "
@@ -89,12 +98,15 @@ def check_header(path: str, columns: list[str]) -> None:
 
 def read(cfg: KGConfig, num_partitions: int = 16) -> KGTables:
     files = release_files(cfg.path)
+    for extension in cfg.extensions:
+        for pattern, paths in release_files(extension, required=False).items():
+            files[pattern] = files.get(pattern, []) + paths
     for pattern, paths in files.items():
         for path in paths:
             check_header(path, COLUMNS[pattern])
     located = [(p, "\t", len(COLUMNS[pattern]), True)
                for pattern, paths in files.items() for p in paths]
-    languages = cfg.languages or ["en"]
+    languages = sorted({iso_language(code) for code in cfg.languages or ["en"]})
 
     def rf2(pattern: str, keep: list[str]):
         return read_delimited(files[pattern], COLUMNS[pattern], keep, "\t", header=True)
@@ -183,8 +195,10 @@ def descriptions_to_facts(batch: pa.Table) -> pa.Table:
     """Descriptions (joined with their acceptability, if any) -> name and semantic type facts.
 
     Rank: the synonym the language refset prefers (0), synonyms it accepts (1), the FSN without
-    its semantic tag (2), synonyms outside the refset (3). Without a refset file the FSN is
-    thus the preferred name: it is unambiguous by design, an arbitrary synonym is not.
+    its semantic tag (2), synonyms outside the refset (3), names in languages other than
+    English (4). Without a refset file the FSN is thus the preferred name: it is unambiguous
+    by design, an arbitrary synonym is not. Names in other languages are typed
+    "other_language" (the English phases leave them out; the multilingual stages pair them).
     """
     if "acceptabilityId" in batch.column_names:
         acceptability = pc.fill_null(batch["acceptabilityId"], "")
@@ -194,15 +208,18 @@ def descriptions_to_facts(batch: pa.Table) -> pa.Table:
     parts = pc.extract_regex(batch["term"], SEMANTIC_TAG)
     has_tag = pc.and_(is_fsn, pc.is_valid(parts))
     text = pc.if_else(has_tag, pc.struct_field(parts, "name"), batch["term"])
-    rank = pc.if_else(is_fsn, 2, pc.if_else(
+    english = pc.equal(batch["languageCode"], "en")
+    english_tag = pc.and_(has_tag, english)  # "(trastorno)" is not another semantic type
+    rank = pc.if_else(pc.invert(english), 4, pc.if_else(is_fsn, 2, pc.if_else(
         pc.equal(acceptability, PREFERRED), 0,
-        pc.if_else(pc.equal(acceptability, ACCEPTABLE), 1, 3)))
+        pc.if_else(pc.equal(acceptability, ACCEPTABLE), 1, 3))))
     names = facts_table({"concept_id": batch["conceptId"], "kind": "name", "text": text,
-                         "type": pc.if_else(is_fsn, "fully_specified", "exact"),
+                         "type": pc.if_else(pc.invert(english), "other_language",
+                                            pc.if_else(is_fsn, "fully_specified", "exact")),
                          "language": batch["languageCode"], "source": SOURCE, "rank": rank})
-    tagged = batch.filter(has_tag)
+    tagged = batch.filter(english_tag)
     tags = facts_table({"concept_id": tagged["conceptId"], "kind": "semantic_type",
-                        "text": pc.struct_field(parts.filter(has_tag), "tag")})
+                        "text": pc.struct_field(parts.filter(english_tag), "tag")})
     return pa.concat_tables([names, tags])
 
 

@@ -119,14 +119,15 @@ def concept_from_facts(group: pa.Table, concept_files: list[str] | None = None) 
         if listed == 0:
             return CONCEPT_SCHEMA.empty_table()
     names = sorted((r for r in rows if r["kind"] == "name"),
-                   key=lambda r: (r["rank"], r["text"], r["source"]))
+                   key=lambda r: (r["rank"], r["text"], r["language"], r["source"]))
     if not names:
         return CONCEPT_SCHEMA.empty_table()
-    preferred = names[0]["text"]
-    synonyms, seen = [], {preferred}
+    preferred = names[0]["text"]  # English whenever the concept has an English name
+    # A name is one string in one language: "diabetes mellitus" is both Spanish and Dutch.
+    synonyms, seen = [], {(preferred, names[0]["language"])}
     for r in names[1:]:
-        if r["text"] not in seen:
-            seen.add(r["text"])
+        if (r["text"], r["language"]) not in seen:
+            seen.add((r["text"], r["language"]))
             synonyms.append({k: r[k] for k in ("text", "type", "language", "source")})
     definitions, seen_defs = [], set()
     for r in rows:
@@ -136,7 +137,8 @@ def concept_from_facts(group: pa.Table, concept_files: list[str] | None = None) 
     semantic_types = sorted({r["text"] for r in rows if r["kind"] == "semantic_type"})
     vocabularies = sorted({r["source"] for r in names})
     return pa.Table.from_pylist([{
-        "concept_id": concept_id, "preferred_name": preferred, "synonyms": synonyms,
+        "concept_id": concept_id, "preferred_name": preferred,
+        "preferred_name_language": names[0]["language"], "synonyms": synonyms,
         "definitions": definitions, "semantic_types": semantic_types,
         "source_vocabularies": vocabularies,
     }], schema=CONCEPT_SCHEMA)

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from biolord_ray.config import KGConfig
 from biolord_ray.kg.errors import KGFormatError
-from biolord_ray.kg.schema import IS_A, RELATION_SCHEMA
+from biolord_ray.kg.schema import IS_A, RELATION_SCHEMA, iso_language
 from biolord_ray.kg.tables import KGTables, assemble_concepts, facts_table, read_delimited
 
 MRCONSO = ["CUI", "LAT", "TS", "LUI", "STT", "SUI", "ISPREF", "AUI", "SAUI", "SCUI", "SDUI",
@@ -29,11 +29,6 @@ OPTIONAL = {"MRDEF.RRF": MRDEF, "MRSTY.RRF": MRSTY}
 SUPPRESSED = ["O", "E", "Y"]
 # Term types (TTY) that are abbreviations or acronyms.
 ABBREVIATION_TTYS = ["AB", "ACR", "AA", "AM", "ABX", "CA2", "CA3", "OAM", "OA"]
-# UMLS language codes (LAT) -> ISO 639-1, for the languages the paper's multilingual model
-# covers and a few more; other codes are kept lower-cased.
-LANGUAGES = {"ENG": "en", "SPA": "es", "FRE": "fr", "GER": "de", "DUT": "nl", "DAN": "da",
-             "SWE": "sv", "ITA": "it", "POR": "pt", "NOR": "no", "FIN": "fi", "CZE": "cs",
-             "POL": "pl", "RUS": "ru", "JPN": "ja", "CHI": "zh", "KOR": "ko", "TUR": "tr"}
 # MRREL REL values kept as facts about a concept (with their RELA when present). PAR/CHD
 # is the hierarchy (kept once, as is_a); SIB, SY, AQ, QB, XR and RL say little about meaning.
 ATTRIBUTE_RELS = ["RO", "RB", "RN", "RQ"]
@@ -105,7 +100,7 @@ def names_to_facts(batch: pa.Table, languages: list[str], vocabularies: list[str
     name_type = pc.if_else(pc.invert(english), "other_language",
                            pc.if_else(abbreviation, "abbreviation", "exact"))
     codes = pc.unique(b["LAT"])  # a handful per batch: map those, not every row
-    iso = pa.array([LANGUAGES.get(c, c.lower()) for c in codes.to_pylist()], pa.string())
+    iso = pa.array([iso_language(c) for c in codes.to_pylist()], pa.string())
     language = pc.take(iso, pc.index_in(b["LAT"], codes))
     return facts_table({"concept_id": b["CUI"], "kind": "name", "text": b["STR"],
                         "type": name_type, "language": language, "source": b["SAB"],

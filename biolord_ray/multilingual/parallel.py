@@ -5,15 +5,16 @@ Sources (config section ``multilingual``):
 
 * the ingested KG (``from_kg``): each concept's preferred (English) name with each of its
   names in one of ``languages`` (UMLS MRCONSO rows of other LATs, SNOMED CT extension
-  descriptions, kept at ingest by ``kg.languages``);
+  descriptions, OBO synonyms tagged {lang="xx"}, kept at ingest by ``kg.languages``);
 * parallel files (``files``): TSV with a header row, or Parquet, with columns ``source``
   (English), ``target`` (its translation), ``language`` (ISO 639-1) and optionally
   ``concept_id``. A file without one of the required columns is an error naming the file.
 
-A pair with an empty side, or in a language outside ``languages``, is quarantined
-(``quarantine/``, with its origin and reason) and counted by reason. Concepts (English
-sources, for rows without a concept id) are split by a seeded hash: ``validation_fraction``
-of them are held out for the translation evaluation (suite "translation").
+A pair with an empty side, in a language outside ``languages``, or of a concept without an
+English name is quarantined (``quarantine/``, with its origin and reason) and counted by
+reason. Concepts (English sources, for rows without a concept id) are split by a seeded
+hash: ``validation_fraction`` of them are held out for the translation evaluation (suite
+"translation").
 
 Output rows (``row_schema``) per split: each pair twice, once as its English text and once
 as its translation, both with the teacher's embedding of the English text as ``target``:
@@ -155,15 +156,18 @@ def count_by(ds, column: str) -> dict[str, int]:
 
 def kg_pairs(batch: pa.Table, languages: list[str]) -> pa.Table:
     """Concept rows (``CONCEPT_SCHEMA``) -> one pair per name in one of ``languages``, with
-    the concept's preferred name (English: the readers prefer English names) as source."""
+    the concept's preferred name as source. The readers prefer English names, so it is
+    English unless the concept has none: then its pairs are quarantined (no_english_name)."""
     columns = {name: [] for name in PAIR_SCHEMA.names}
-    for concept, name, synonyms in zip(batch["concept_id"].to_pylist(),
-                                       batch["preferred_name"].to_pylist(),
-                                       batch["synonyms"].to_pylist(), strict=True):
+    for concept, name, name_language, synonyms in zip(
+            batch["concept_id"].to_pylist(), batch["preferred_name"].to_pylist(),
+            batch["preferred_name_language"].to_pylist(), batch["synonyms"].to_pylist(),
+            strict=True):
+        reason = "" if name_language == "en" else "no_english_name"
         for synonym in synonyms or []:
             if synonym["language"] in languages and synonym["text"].strip():
                 for column, value in zip(PAIR_SCHEMA.names, (
-                        concept, synonym["language"], name, synonym["text"], "kg", ""),
+                        concept, synonym["language"], name, synonym["text"], "kg", reason),
                         strict=True):
                     columns[column].append(value)
     return pa.table(columns, schema=PAIR_SCHEMA)
