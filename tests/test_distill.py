@@ -120,18 +120,33 @@ def _interrupt_sweep_after_first_trial(cfg, tmp_path) -> Path:
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps(to_dict(cfg)))  # JSON is YAML
     storage = Path(cfg.run_dir) / "_work" / distill.STAGE
-    job = subprocess.Popen([sys.executable, "-c", SWEEP_SCRIPT, str(config)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    finished = []
-    while time.time() < deadline and job.poll() is None and not finished:
-        finished = [p for p in storage.glob("tune-*/distill_trial_*/result.json")
-                    if p.stat().st_size]
-        time.sleep(0.5)
-    assert finished, f"no trial finished (job exit code {job.poll()})"
-    job.send_signal(signal.SIGINT)
-    _, stderr = job.communicate(timeout=300)
-    assert job.returncode != 0 and "interrupted" in stderr, stderr[-3000:]
+    log_path = tmp_path / "sweep.log"
+    # The job's output goes to a file: a pipe read only at the end fills up (64 KB of Ray
+    # and Tune logs) and blocks the job's driver, which then never writes a trial's result.
+    with open(log_path, "w") as log:
+        job = subprocess.Popen([sys.executable, "-c", SWEEP_SCRIPT, str(config)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 600
+        finished = []
+        while time.time() < deadline and job.poll() is None and not finished:
+            finished = [p for p in storage.glob("tune-*/distill_trial_*/result.json")
+                        if p.stat().st_size]
+            time.sleep(0.5)
+        assert finished, f"no trial finished (job exit code {job.poll()}):\n" \
+                         f"{log_path.read_text()[-3000:]}"
+        job.send_signal(signal.SIGINT)
+        job.wait(timeout=300)
+    finally:
+        if job.poll() is None:  # a failed test leaves no sweep (and its Ray) running
+            job.send_signal(signal.SIGINT)
+            try:
+                job.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                job.kill()
+                job.wait()
+    output = log_path.read_text()
+    assert job.returncode != 0 and "interrupted" in output, output[-3000:]
     result = json.loads(finished[0].read_text().splitlines()[-1])
     return Path(result["checkpoint_path"]).parent
 

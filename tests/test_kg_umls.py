@@ -32,7 +32,7 @@ def ingested(tmp_path_factory, ray_local):
 
 def test_concepts_from_mrconso_mrdef_mrsty(ingested):
     _, concepts, _, _ = ingested
-    # C9999999 has only a German name: filtered out by kg.languages.
+    # C9999999 has only German and Spanish names: filtered out by kg.languages.
     assert sorted(concepts) == ["C0007222", "C0011849", "C0011854", "C0011860", "C0012634",
                                 "C0018787", "C0020538", "C0030274"]
     dm = concepts["C0011849"]

@@ -144,7 +144,7 @@ def _write_prompts(cfg: PipelineConfig, run_dir: RunDir, path: str) -> str:
         return path
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
-    concepts = ray.data.read_parquet(run_dir.output(ingest.STAGE, "concepts"), filesystem=fs)
+    concepts = ingest.english_concepts(run_dir)
     relations = ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations"), filesystem=fs)
     dataset = prompt_dataset(concepts, relations, cfg.definitions, cfg.kg.shuffle_partitions)
     write_parquet(dataset, path, fs, PROMPT_SCHEMA, cfg.kg.rows_per_file)

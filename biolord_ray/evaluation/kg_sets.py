@@ -122,10 +122,8 @@ def _is_a_edges(batch: pa.Table, seed: int, below: float) -> pa.Table:
 
 
 def _build(cfg: EvalConfig, run_dir: RunDir, staging: str) -> StageOutputs:
-    import ray.data
-
     fs = run_dir.fs
-    concepts = ray.data.read_parquet(run_dir.output(ingest.STAGE, "concepts"), filesystem=fs)
+    concepts = ingest.english_concepts(run_dir)
     names = concepts.map_batches(split_names, batch_format="pyarrow", fn_kwargs={
         "fraction": cfg.holdout_fraction, "synonym_types": cfg.holdout_synonym_types,
         "seed": cfg.seed})

@@ -71,9 +71,12 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
                       f"{staging}/_all_relations", fs, RELATION_SCHEMA, cfg.rows_per_file)
 
     import ray.data
+    from ray.data.expressions import col
 
     concepts = ray.data.read_parquet(f"{staging}/concepts", filesystem=fs)
     n_concepts = concepts.count()
+    counts["concepts_without_english_name"] = n_concepts - concepts.filter(
+        expr=col("preferred_name_language") == "en").count()  # left out of English phases
     if n_concepts == 0:
         raise KGFormatError(cfg.path or cfg.format, "no concepts were read (check kg.languages "
                             "and kg.vocabularies)")
@@ -105,6 +108,17 @@ def _dedupe_relations(relations, num_partitions: int):
 
 def _cast_relations(batch: pa.Table) -> pa.Table:
     return batch.select(RELATION_SCHEMA.names).cast(RELATION_SCHEMA)
+
+
+def english_concepts(run_dir: RunDir):
+    """The ingested concepts with an English name, as a Ray Dataset: what the English phases
+    (definition prompts, training pairs, evaluation sets) read. A concept named only in other
+    languages (kept by kg.languages for the multilingual student) has no English text."""
+    import ray.data
+    from ray.data.expressions import col
+
+    concepts = ray.data.read_parquet(run_dir.output(STAGE, "concepts"), filesystem=run_dir.fs)
+    return concepts.filter(expr=col("preferred_name_language") == "en")
 
 
 def read_concepts(run_dir: RunDir) -> pa.Table:

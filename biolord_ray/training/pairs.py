@@ -87,7 +87,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import ray.data
 
     pcfg, fs, parts = cfg.pairs, run_dir.fs, cfg.kg.shuffle_partitions
-    concepts = ray.data.read_parquet(run_dir.output(ingest.STAGE, "concepts"), filesystem=fs)
+    concepts = ingest.english_concepts(run_dir)
     relations = ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations"), filesystem=fs)
     dcfg = cfg.definitions
     rows = with_facts(concepts, concepts, relations, dcfg.max_parents, dcfg.max_relations,
