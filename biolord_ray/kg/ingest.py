@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from biolord_ray.config import KGConfig, PipelineConfig
 from biolord_ray.kg import mondo, obo
 from biolord_ray.kg.errors import KGFormatError
-from biolord_ray.kg.schema import CONCEPT_SCHEMA, RELATION_SCHEMA, iso_language
+from biolord_ray.kg.schema import CONCEPT_SCHEMA, RELATION_SCHEMA, iso_languages
 from biolord_ray.kg.tables import KGTables, located_read_errors
 from biolord_ray.run_dir import RunDir, StageOutputs, fingerprint, run_stage, write_parquet
 
@@ -52,7 +52,7 @@ def read_kg(cfg: KGConfig, num_partitions: int = 16) -> KGTables:
     else:
         concepts, relations, counts = obo.read_obo(
             cfg.path or obo.bundled_hpo_path(),
-            languages=sorted({iso_language(code) for code in cfg.languages}))
+            languages=iso_languages(cfg.languages))
     return KGTables(ray.data.from_arrow(concepts), ray.data.from_arrow(relations), counts)
 
 

@@ -48,3 +48,8 @@ UMLS_LANGUAGES = {"ENG": "en", "SPA": "es", "FRE": "fr", "GER": "de", "DUT": "nl
 def iso_language(code: str) -> str:
     """A UMLS LAT code ("SPA") or an ISO 639-1 code ("es") -> the ISO code the schema uses."""
     return UMLS_LANGUAGES.get(code, code.lower())
+
+
+def iso_languages(codes: list[str]) -> list[str]:
+    """``kg.languages`` as ISO codes (English when it is empty, as the UMLS reader reads it)."""
+    return sorted({iso_language(code) for code in codes or ["en"]})

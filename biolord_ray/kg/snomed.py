@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from biolord_ray.config import KGConfig
 from biolord_ray.kg.errors import KGFormatError
-from biolord_ray.kg.schema import IS_A, RELATION_SCHEMA, iso_language
+from biolord_ray.kg.schema import IS_A, RELATION_SCHEMA, iso_languages
 from biolord_ray.kg.tables import (
     KGTables,
     assemble_concepts,
@@ -106,7 +106,7 @@ def read(cfg: KGConfig, num_partitions: int = 16) -> KGTables:
             check_header(path, COLUMNS[pattern])
     located = [(p, "\t", len(COLUMNS[pattern]), True)
                for pattern, paths in files.items() for p in paths]
-    languages = sorted({iso_language(code) for code in cfg.languages or ["en"]})
+    languages = iso_languages(cfg.languages)
 
     def rf2(pattern: str, keep: list[str]):
         return read_delimited(files[pattern], COLUMNS[pattern], keep, "\t", header=True)
