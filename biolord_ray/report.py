@@ -1,9 +1,10 @@
 """Stage ``report``: the run's final report, in ``<run_dir>/report/``.
 
 * ``results.md/.json/.png``: the base model, -C (contrastive), -S (best distillation trial)
-  and the soup on every benchmark of the full suite. The scores are the ones the
-  ``train_contrastive`` and ``soup`` stages measured on that same suite (no model is
-  embedded twice);
+  and both soups (greedy and uniform; the one ``tune.soup`` exported is marked) on every
+  benchmark of the full suite, general STS beside the biomedical ones when the suite has a
+  general-language benchmark. The scores are the ones the ``train_contrastive`` and ``soup``
+  stages measured on that same suite (no model is embedded twice);
 * ``README.md``: where each model lives, the stage timings and counts from the manifest and,
   when the run has the multilingual stages, the student's evaluation (teacher, student before
   and after training, translation accuracy and MSE per language);
@@ -19,6 +20,7 @@ import tempfile
 import pyarrow.fs as pafs
 
 from biolord_ray.config import PipelineConfig
+from biolord_ray.evaluation import model_label
 from biolord_ray.multilingual import student
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
 from biolord_ray.training import contrastive, soup
@@ -61,14 +63,18 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str,
 
 
 def combined_report(cfg: PipelineConfig, run_dir: RunDir) -> dict:
-    """One report of base, -C, -S and soup from the two stages that scored them."""
+    """One report of base, -C, -S and both soups from the two stages that scored them."""
     trained = _results(run_dir, contrastive.STAGE)
     souped = _results(run_dir, soup.STAGE)
-    base_label, contrastive_label = list(trained["models"])
-    models = {f"base ({base_label})": trained["models"][base_label],
-              "BioLORD-C (contrastive)": trained["models"][contrastive_label],
-              "BioLORD-S (best distillation trial)": souped["models"]["best_trial"],
-              f"BioLORD (soup, {cfg.tune.soup})": souped["models"][f"soup_{cfg.tune.soup}"]}
+    base_label = model_label(cfg.contrastive.base_model)  # as train_contrastive labelled it
+    models = {
+        f"base ({base_label})": _model(trained, base_label, contrastive.STAGE),
+        "BioLORD-C (contrastive)": _model(trained, contrastive.MODEL_LABEL, contrastive.STAGE),
+        "BioLORD-S (best distillation trial)": _model(souped, "best_trial", soup.STAGE)}
+    for kind in ("greedy", "uniform"):
+        exported = ", exported" if kind == cfg.tune.soup else ""
+        models[f"BioLORD (soup, {kind}{exported})"] = _model(souped, f"soup_{kind}",
+                                                              soup.STAGE)
     return {"fast": False, "benchmarks": trained["benchmarks"], "models": models,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
@@ -80,17 +86,25 @@ def _results(run_dir: RunDir, stage: str) -> dict:
         return json.loads(f.read())
 
 
+def _model(results: dict, label: str, stage: str) -> dict:
+    if label not in results["models"]:
+        raise LookupError(f"{stage}/evaluation/results.json has no model {label!r} (it has "
+                          f"{', '.join(results['models'])}); rerun that stage with --force")
+    return results["models"][label]
+
+
 def _readme(cfg: PipelineConfig, run_dir: RunDir, records: dict, results_md: str | None,
             multilingual_md: str | None) -> str:
     total = sum(r["seconds"] for r in records.values())
     lines = [f"# biolord-ray run report: {run_dir.uri}", "",
-             f"Knowledge graph `{cfg.kg.format}`"
+             f"Knowledge graph {cfg.kg.describe()}"
              + (f", first {cfg.kg.max_concepts} concepts" if cfg.kg.max_concepts else "")
              + f"; base model `{cfg.contrastive.base_model}`.", "",
              "## Models", "",
              f"- BioLORD-C (contrastive): `{run_dir.output(contrastive.STAGE, 'model')}`",
              f"- BioLORD-S (best distillation trial): `{run_dir.output(soup.STAGE, 'model_s')}`",
-             f"- BioLORD (soup, {cfg.tune.soup}): `{run_dir.output(soup.STAGE, 'model')}`",
+             f"- BioLORD (soup, {cfg.tune.soup}, exported): "
+             f"`{run_dir.output(soup.STAGE, 'model')}`",
              *([f"- BioLORD-M (multilingual): `{run_dir.output(student.STAGE, 'model')}`"]
                if multilingual_md else []),
              ""]

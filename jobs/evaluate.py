@@ -4,6 +4,8 @@
     .venv/bin/python jobs/evaluate.py runs/tiny/contrastive/model --fast --suite dev
     .venv/bin/python jobs/evaluate.py /models/BioLORD-2023 --benchmark umnsrs-sim=UMNSRS_sim.csv \
         --benchmark biosses=biosses.tsv --out reports/biolord
+    .venv/bin/python jobs/evaluate.py packaged:all-MiniLM-L6-v2 \
+        --benchmark stsb=../shared/data/eval/stsb-dev.tsv     # + general STS (STS Benchmark)
 
 MODEL: a sentence-transformers directory, a platform checkpoint/export, packaged:NAME or a
 hub id. The kg suite reads the run directory's eval_sets stage (running ingest_kg and

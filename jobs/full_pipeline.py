@@ -3,6 +3,8 @@
     .venv/bin/python jobs/full_pipeline.py                    # embedded default -> runs/tiny
     .venv/bin/python jobs/full_pipeline.py --from distill     # rerun distill and what follows
     .venv/bin/python jobs/full_pipeline.py --only soup        # rerun one stage
+    .venv/bin/python jobs/full_pipeline.py --set \
+        'eval.benchmarks=[{name: stsb, preset: stsb, path: ../shared/data/eval/stsb-dev.tsv}]'
     ray job submit --working-dir . -- python jobs/full_pipeline.py --config paper \
         --set kg.path=/data/umls/META --run-dir s3://bucket/biolord
 

@@ -244,7 +244,8 @@ def test_pipeline_submitted_to_a_two_node_cluster_survives_faults(tmp_path):
 
     report = (run_dir / "report" / "README.md").read_text()
     for row in ("| base (all-MiniLM-L6-v2) |", "| BioLORD-C (contrastive) |",
-                "| BioLORD-S (best distillation trial) |", "| BioLORD (soup, greedy) |",
+                "| BioLORD-S (best distillation trial) |", "| BioLORD (soup, greedy, exported) |",
+                "| BioLORD (soup, uniform) |",
                 "## Multilingual student (BioLORD-M)", "| teacher |", "| multilingual |",
                 "\n#### translation-es"):
         assert row in report, row

@@ -105,6 +105,20 @@ def test_bad_combinations_fail_with_the_fix():
         load_config("no_such_preset")
 
 
+def test_definitions_cap_must_be_a_positive_integer(tmp_path):
+    for bad in ("0", "-5"):
+        with pytest.raises(ConfigError, match=rf"definitions.max_concepts \(from --set "
+                           rf"definitions.max_concepts={bad}\): must be a positive integer"):
+            load_config(None, [f"definitions.max_concepts={bad}"])
+    path = tmp_path / "capped.yaml"
+    path.write_text("definitions:\n  max_concepts: 2.5\n")
+    with pytest.raises(ConfigError, match=rf"definitions.max_concepts \(from {path}\): "
+                       "expected int"):
+        load_config(str(path))
+    assert load_config(None, ["definitions.max_concepts=400000"]).definitions.max_concepts \
+        == 400000
+
+
 def test_extends_builds_on_a_preset(tmp_path):
     path = tmp_path / "umls.yaml"
     path.write_text(f"extends: paper\nkg:\n  path: {tmp_path}\n  languages: [ENG, SPA]\n")

@@ -1,9 +1,20 @@
-"""Definition generation: answer validation and the metrics workers export. Real vLLM runs,
-killed and resumed, are in tests/test_cluster_e2e.py (and tests/test_models.py)."""
+"""Definition generation: which concepts are defined under a cap, answer validation (on hand-made
+answers and on a hand-labelled sample of real ones), and the metrics workers export. Real
+vLLM runs, killed and resumed, are in tests/test_cluster_e2e.py (and tests/test_models.py)."""
 
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
-from biolord_ray.definitions import validate
+from biolord_ray.config import DefinitionsConfig
+from biolord_ray.definitions import selection, validate
+from biolord_ray.kg.schema import CONCEPT_SCHEMA
+
+LABELLED = Path(__file__).parent / "fixtures" / "definitions" / "labelled_answers.jsonl"
 
 PROMPT = ('Write a definition of the biomedical concept "Nocturnal enuresis" in one or two '
           "sentences. Facts from a knowledge graph:\n- also called: bedwetting; sleep "
@@ -27,6 +38,14 @@ GOOD = ("Nocturnal enuresis is involuntary urination during sleep in a child old
     ("Enuresis at night.", "stop", "too_short"),
     ("A common fruit with yellow skin that grows in tropical climates worldwide.", "stop",
      "off_topic"),
+    ("Nocturnal enuresis is a medical concept that has been extensively researched.", "stop",
+     "vacuous"),
+    ("Nocturnal enuresis has been widely studied and plays an important role in pediatrics.",
+     "stop", "vacuous"),
+    ("Nocturnal enuresis is a medical term used to describe wetting the bed during sleep.",
+     "stop", ""),  # a "term" that goes on to say what it refers to
+    ("Involuntary urination during sleep in a child old enough to stay dry at night.", "stop",
+     ""),  # a bare noun phrase, the dictionary's own form
 ])
 def test_validation_rules_on_hand_made_answers(answer, finish, reason):
     assert validate.check(answer, finish, PROMPT, TERMS) == reason
@@ -34,7 +53,116 @@ def test_validation_rules_on_hand_made_answers(answer, finish, reason):
 
 def test_every_reason_is_listed():
     assert set(validate.REASONS) == {"empty", "truncated", "refusal", "repeats_prompt",
-                                     "too_short", "off_topic"}
+                                     "too_short", "off_topic", "vacuous"}
+
+
+MICROCEPHALY_TERMS = ["microcephaly, short stature, and impaired glucose metabolism", "MSSGM1",
+                      "hereditary disease"]
+
+
+def test_the_issues_vacuous_answer_is_rejected_and_a_real_definition_passes():
+    vacuous = ("Microcephaly, short stature, and impaired glucose metabolism are medical "
+               "concepts that have been extensively researched.")
+    definition = "Microcephaly is a condition in which a baby's head is much smaller than expected."
+    assert validate.check(vacuous, "stop", "", MICROCEPHALY_TERMS) == "vacuous"
+    assert validate.check(definition, "stop", "", MICROCEPHALY_TERMS) == ""
+
+
+def _precision_recall(rows: list[dict]) -> tuple[float, float]:
+    """Of "the gate says valid" against the hand label "says what the concept is"."""
+    passed = [validate.check(r["answer"], r["finish_reason"], r["user_prompt"],
+                             r["concept_terms"]) == "" for r in rows]
+    labels = [r["says_what_it_is"] for r in rows]
+    hits = sum(p and label for p, label in zip(passed, labels, strict=True))
+    return hits / sum(passed), hits / sum(labels)
+
+
+def test_gate_on_the_hand_labelled_sample():
+    """128 SmolLM2 answers labelled by hand (fixtures/definitions/README.md). The gate before
+    "vacuous" measured precision 97/123 = 0.789, recall 97/98 = 0.990; with it 97/120 and
+    97/98. Most answers it still passes wrongly define another concept (an enzyme for its
+    reduced activity), which no check on the text alone can see."""
+    rows = [json.loads(line) for line in LABELLED.read_text().splitlines()]
+    assert len(rows) >= 100 and sum(r["says_what_it_is"] for r in rows) == 98
+    precision, recall = _precision_recall(rows)
+    assert precision >= 97 / 120 and recall >= 97 / 98
+    vacuous = next(r for r in rows if r["concept_id"] == "MONDO:0800450")
+    assert validate.check(vacuous["answer"], "stop", vacuous["user_prompt"],
+                          vacuous["concept_terms"]) == "vacuous"
+
+
+# ---------------------------------------------------------------------------------------
+# Which concepts a capped run defines
+
+def _concept(concept_id: str, english_synonyms: int = 0, spanish_synonyms: int = 0,
+             definitions: int = 0) -> dict:
+    synonyms = [{"text": f"{concept_id} name {i}", "type": "exact", "language": "en",
+                 "source": "T"} for i in range(english_synonyms)]
+    synonyms += [{"text": f"{concept_id} nombre {i}", "type": "other_language", "language": "es",
+                  "source": "T"} for i in range(spanish_synonyms)]
+    return {"concept_id": concept_id, "preferred_name": f"concept {concept_id}",
+            "preferred_name_language": "en", "synonyms": synonyms,
+            "definitions": [{"text": f"definition {i}", "source": "T"} for i in range(definitions)],
+            "semantic_types": [], "source_vocabularies": ["T"]}
+
+
+# Texts = preferred name + English synonyms + definitions.
+CONCEPTS = pa.Table.from_pylist([
+    _concept("C:1", definitions=1),                        # defined, 2 texts
+    _concept("C:2", english_synonyms=2),                   # 3 texts
+    _concept("C:3"),                                       # 1 text
+    _concept("C:4", spanish_synonyms=1),                   # 1 text: Spanish names don't count
+    _concept("C:5", english_synonyms=1),                   # 2 texts
+    _concept("C:6", english_synonyms=3, definitions=1),    # defined, 5 texts
+    _concept("C:7"),                                       # 1 text
+], schema=CONCEPT_SCHEMA)
+# Undefined first, fewest texts first; C:3, C:4 and C:7 tie on 1 text and are ordered by
+# draw(seed, id): seed 0 gives C:4 0.137, C:3 0.428, C:7 0.752; seed 1 C:3 0.040, C:4 0.569,
+# C:7 0.638.
+ORDER_SEED_0 = ["C:4", "C:3", "C:7", "C:5", "C:2", "C:1", "C:6"]
+ORDER_SEED_1 = ["C:3", "C:4", "C:7", "C:5", "C:2", "C:1", "C:6"]
+
+
+def test_selection_order_on_a_hand_made_concept_table():
+    for seed, order in ((0, ORDER_SEED_0), (1, ORDER_SEED_1)):
+        keyed = selection.selection_key(CONCEPTS, seed)
+        assert keyed.sort_by([(k, "ascending") for k in selection.ORDER])["concept_id"] \
+            .to_pylist() == order
+
+
+def test_capped_selection_with_ray_data(ray_local):
+    import ray.data
+
+    # One block per concept: the sort and the limit work across blocks.
+    concepts = ray.data.from_arrow([CONCEPTS.slice(i, 1) for i in range(CONCEPTS.num_rows)])
+    capped = DefinitionsConfig(max_concepts=4)
+    chosen = selection.select_concepts(concepts, capped).to_arrow_refs()
+    table = pa.concat_tables(ray_local.get(chosen))
+    assert table["concept_id"].to_pylist() == ["C:4", "C:3", "C:7", "C:5"]
+    assert table.schema.names == CONCEPT_SCHEMA.names
+    reseeded = DefinitionsConfig(max_concepts=1, selection_seed=1)
+    assert selection.select_concepts(concepts, reseeded).take_all()[0]["concept_id"] == "C:3"
+    # Without a cap nothing is sorted or dropped.
+    assert selection.select_concepts(concepts, DefinitionsConfig()) is concepts
+
+
+def test_consolidation_rechecks_answers_written_under_an_older_gate(tmp_path):
+    """Shards are keyed by model and template, not by gate: a rerun re-judges stored answers."""
+    from biolord_ray.definitions import generate
+
+    prompts = pa.table({"concept_id": ["A", "B"], "user_prompt": ["", ""],
+                        "concept_terms": [["nocturnal enuresis"], ["microcephaly"]]})
+    pq.write_table(prompts, tmp_path / "prompts.parquet")
+    answers = pa.Table.from_pylist([
+        {"concept_id": "A", "finish_reason": "stop", "valid": False, "reason": "off_topic",
+         "definition": "Nocturnal enuresis is involuntary urination during sleep."},
+        {"concept_id": "B", "finish_reason": "stop", "valid": True, "reason": "",
+         "definition": "Microcephaly is a medical concept that has been extensively studied."},
+    ], schema=generate.DEFINITION_SCHEMA)
+    table = generate._recheck(answers, pafs.LocalFileSystem(), str(tmp_path), min_words=5)
+    assert table.schema == generate.DEFINITION_SCHEMA
+    assert table.select(["valid", "reason"]).to_pylist() == [
+        {"valid": True, "reason": ""}, {"valid": False, "reason": "vacuous"}]
 
 
 def test_answer_metrics_reach_the_node_metrics_endpoint(ray_local, node_metrics):

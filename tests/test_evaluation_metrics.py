@@ -1,13 +1,21 @@
-"""Metrics and benchmark files, checked against values worked out by hand (no model needed)."""
+"""Metrics, benchmark files and the report table, checked against values worked out by hand
+(no model needed)."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from biolord_ray.evaluation import metrics
-from biolord_ray.evaluation.pairs import BUNDLED, EvalFormatError, load_pairs
+from biolord_ray.evaluation.pairs import BUNDLED, GENERAL, EvalFormatError, load_pairs
+from biolord_ray.evaluation.report import markdown, write_report
+from biolord_ray.evaluation.suite import SimilarityTask, main_score
+
+# The STS Benchmark dev split lives beside the repository (its texts keep their sources'
+# licences, so it is never copied in): <repo>/../shared/data/eval/.
+STSB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "stsb-dev.tsv"
 
 
 def test_spearman_perfect_reversed_and_one_swap():
@@ -114,6 +122,38 @@ def test_sts_jsonl_with_columns_from_config(tmp_path):
     assert pairs.scores == [0.9, 0.1]
 
 
+def test_stsb_dev_split_read_intact():
+    pairs = load_pairs("stsb", STSB_DEV, "stsb")
+    assert (len(pairs.scores), pairs.n_skipped, pairs.domain) == (1500, 0, GENERAL)
+    assert (pairs.texts1[0], pairs.texts2[0], pairs.scores[0]) == (
+        "a man with a hard hat is dancing .", "a man wearing a hard hat is dancing .", 5.0)
+    assert (pairs.texts1[-1], pairs.texts2[-1], pairs.scores[-1]) == (
+        "new video shows us police officers beating mentally-ill man",
+        "new york police officer critically wounded in hatchet attack", 0.0)
+    # Quotes are text: an unbalanced one (line 1004) and one opening a field (line 757) do
+    # not swallow the lines after them, as CSV quoting would (it reads 1470 rows).
+    assert (pairs.texts1[1003], pairs.texts2[1003], pairs.scores[1003]) == (
+        'rt jones analyst juli niemann said grant was " the one we were all pulling for .',
+        'he has a very good reputation , " rt jones analyst juli niemann said of grant .', 1.4)
+    assert pairs.texts1[756].startswith('" what i am really looking for is an estimation')
+    assert pairs.texts2[756] == ("the following is taken from my dog-eared copy of the new "
+                                 "penguin atlas of medieval history .")
+    assert sum('"' in a or '"' in b for a, b in zip(pairs.texts1, pairs.texts2,
+                                                      strict=True)) == 110
+    assert (min(pairs.scores), max(pairs.scores)) == (0.0, 5.0)
+    assert SimilarityTask("stsb", pairs).domain == GENERAL
+
+
+def test_stsb_rows_with_an_empty_sentence_are_skipped(tmp_path):
+    path = tmp_path / "sts-test.csv"
+    path.write_text("main-news\theadlines\t2015\t0001\t4.0\ta cat sits .\ta cat is sitting .\n"
+                    "main-news\theadlines\t2015\t0002\t1.5\t \tan empty first text\n\n"
+                    "main-forums\tdeft-forum\t2014\t0003\t0.5\the said \" no .\tit rained .\n")
+    pairs = load_pairs("stsb-test", path, "stsb")
+    assert pairs.texts1 == ["a cat sits .", 'he said " no .']
+    assert (pairs.scores, pairs.n_skipped) == ([4.0, 0.5], 1)
+
+
 @pytest.mark.parametrize("content, preset, suffix, expected", [
     ('"Mean","Stdev","Term1","CUI1"\n1,2,"a","C1"\n', "umnsrs-sim", ".csv",
      r"x\.csv:1: missing column\(s\) 'Term2' in the header"),
@@ -125,6 +165,11 @@ def test_sts_jsonl_with_columns_from_config(tmp_path):
     ('[{"value": 1, "term1": "a"}]', "mayosrs", ".json",
      r"x\.json:item 0: missing field 'term2'"),
     ("sentence1,sentence2,score\n,b,1\na,,2\n", "sts", ".csv", r"x\.csv: no usable pairs \(2 rows"),
+    ("g\tf\t2012\t1\t5.0\ta\tb\ng\tf\t2012\t2\t4.0\ta\n", "stsb", ".tsv",
+     r"x\.tsv:2: 6 fields, expected 7 \(STS Benchmark TSV without a header"),
+    ("g\tf\t2012\t1\thigh\ta\tb\n", "stsb", ".tsv",
+     r"x\.tsv:1: score 'score' is 'high', expected a number"),
+    ("\n", "stsb", ".tsv", r"x\.tsv: empty file; expected STS Benchmark TSV without a header"),
 ])
 def test_bad_benchmark_files_name_file_line_and_expectation(tmp_path, content, preset, suffix,
                                                             expected):
@@ -140,3 +185,60 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_pairs("x", tmp_path / "x.csv", "umnsrs")
     with pytest.raises(EvalFormatError, match="no such file"):
         load_pairs("x", tmp_path / "missing.csv", "umnsrs-sim")
+
+
+# ---------------------------------------------------------------------------------------
+# The report table
+
+def _result(kind, value, domain=None):
+    metric = {"similarity": "spearman", "retrieval": "acc@1"}[kind]
+    result = {"kind": kind, "main_metric": metric, metric: value}
+    if domain:  # results.json written before domains were recorded have none
+        result["domain"] = domain
+    return result
+
+
+def _report(with_general=True):
+    scores = {"base": (0.40, 0.90, 0.82), "trained": (0.50, 0.96, 0.79)}
+    models = {}
+    for label, (ehr, linking, stsb) in scores.items():
+        benchmarks = {"ehr-rel-a": _result("similarity", ehr, "biomedical"),
+                      "stsb": _result("similarity", stsb, GENERAL),
+                      "kg-linking": _result("retrieval", linking)}
+        if not with_general:
+            del benchmarks["stsb"]
+        models[label] = {"spec": label, "benchmarks": benchmarks,
+                         "score": main_score(benchmarks)}
+    return {"fast": False, "benchmarks": list(models["base"]["benchmarks"]),
+            "models": models}
+
+
+def test_general_sts_column_beside_the_biomedical_mean(tmp_path):
+    report = _report()
+    # Model selection leaves general STS out: the mean of EHR-Rel and linking only.
+    assert report["models"]["base"]["score"] == pytest.approx((0.40 + 0.90) / 2)
+    table = markdown(report)
+    assert ("| model | ehr-rel-a (spearman) | kg-linking (acc@1) | biomedical mean | "
+            "general STS: stsb (spearman) |") in table
+    assert "| base | 0.4000 | 0.9000 | 0.6500 | 0.8200 |" in table
+    assert "| trained | 0.5000 | 0.9600 | 0.7300 | 0.7900 |" in table
+    assert "not averaged into it" in table and "to select checkpoints" in table
+    assert "\n## stsb\n" in table  # its own metrics section, as every benchmark
+    paths = write_report(report, tmp_path)
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_without_a_general_benchmark_keeps_its_mean():
+    report = _report(with_general=False)
+    table = markdown(report)
+    assert "| model | ehr-rel-a (spearman) | kg-linking (acc@1) | mean |" in table
+    assert "| base | 0.4000 | 0.9000 | 0.6500 |" in table
+    assert "general STS" not in table and "biomedical mean" not in table
+
+
+def test_main_score_of_general_benchmarks_alone():
+    only_general = {"stsb": _result("similarity", 0.8, GENERAL),
+                    "stsb-test": _result("similarity", 0.6, GENERAL)}
+    assert main_score(only_general) == pytest.approx(0.7)
+    assert "| base | - | 0.8000 | 0.6000 |" in markdown(
+        {"models": {"base": {"spec": "x", "benchmarks": only_general}}})

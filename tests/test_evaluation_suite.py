@@ -160,21 +160,30 @@ def test_evaluate_job_compares_models_and_writes_report(tmp_path):
     sts = tmp_path / "dev.tsv"
     sts.write_text("sentence1\tsentence2\tscore\n" + "".join(
         f"{a}\t{b}\t{i}\n" for i, (a, b) in enumerate(PAIRS)))
+    stsb = tmp_path / "sts-dev.csv"  # the STS Benchmark's layout: no header, 7 fields
+    stsb.write_text("".join(f'main-news\theadlines\t2015\t{i:04d}\t{i}\t" {a}\t{b} "\n'
+                            for i, (a, b) in enumerate(PAIRS)))
     result = _evaluate(MINILM, tmp_path / "ckpt", "--suite", "dev", "--fast",
-                       "--benchmark", f"sts={sts}", "--out", tmp_path / "out",
-                       "--run-dir", tmp_path / "run")
+                       "--benchmark", f"sts={sts}", "--benchmark", f"stsb={stsb}",
+                       "--out", tmp_path / "out", "--run-dir", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(report["models"]) == ["all-MiniLM-L6-v2", "ckpt"]
     assert report["benchmarks"] == ["ehr-rel-a", "minimayosrs-physicians",
-                                    "minimayosrs-coders", "sts"]
+                                    "minimayosrs-coders", "sts", "stsb"]
     base, ckpt = (report["models"][m]["benchmarks"] for m in report["models"])
+    # The stsb file is general-language: beside the biomedical mean, not in it.
+    assert [n for n, r in base.items() if r["domain"] == "general"] == ["stsb"]
+    assert base["stsb"]["n_pairs"] == 6
+    assert report["models"]["all-MiniLM-L6-v2"]["score"] == pytest.approx(
+        np.mean([r["spearman"] for n, r in base.items() if n != "stsb"]))
     for name, metrics in base.items():
         assert set(metrics) >= {"spearman", "pearson", "n_pairs", "n_skipped"}
         assert metrics["spearman"] == pytest.approx(ckpt[name]["spearman"], abs=1e-6)
     assert base["ehr-rel-a"]["n_pairs"] == 111
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| all-MiniLM-L6-v2 |" in table and "ehr-rel-a (spearman)" in table
+    assert "| sts (spearman) | biomedical mean | general STS: stsb (spearman) |" in table
     assert (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
 
     bad = _evaluate(MINILM, "--suite", "dev", "--benchmark", f"umnsrs={sts}")

@@ -1,12 +1,18 @@
-"""Teacher targets, exact parameter averaging and greedy soup selection, on real models."""
+"""Teacher targets, exact parameter averaging and greedy soup selection, on real models; the
+run report's table of base, -C, -S and both soups."""
+
+import json
+import os
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
+from biolord_ray import report
 from biolord_ray.config import ConfigError, TargetsConfig, load_config
-from biolord_ray.training import soup, targets
+from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
+from biolord_ray.training import contrastive, soup, targets
 
 
 def _minilm_dir() -> str:
@@ -124,3 +130,59 @@ def test_tune_grid_axes_must_be_distill_settings():
         load_config(None, ["tune.seeds=[]"])
     cfg = load_config(None, ["tune.grid={warmup_ratio: [0.0, 0.1]}"])
     assert cfg.tune.grid == {"warmup_ratio": [0.0, 0.1]}
+
+
+def _scored_stage(run_dir, stage, scores, outputs):
+    """A completed stage whose evaluation/results.json holds ``scores``: label -> (ehr-rel-a,
+    kg-linking, stsb), as the evaluation suite writes them."""
+    def result(kind, metric, value, domain):
+        return {"kind": kind, "main_metric": metric, metric: value, "domain": domain}
+
+    models = {}
+    for label, (ehr, linking, stsb) in scores.items():
+        models[label] = {"spec": label, "path": label, "score": (ehr + linking) / 2,
+                         "benchmarks": {
+                             "ehr-rel-a": result("similarity", "spearman", ehr, "biomedical"),
+                             "stsb": result("similarity", "spearman", stsb, "general"),
+                             "kg-linking": result("retrieval", "acc@1", linking, "biomedical")}}
+
+    def build(staging):
+        os.makedirs(f"{staging}/evaluation")
+        with open(f"{staging}/evaluation/results.json", "w") as f:
+            json.dump({"fast": False, "benchmarks": ["ehr-rel-a", "stsb", "kg-linking"],
+                       "models": models}, f)
+        return StageOutputs(outputs={**outputs, "evaluation": "evaluation"})
+
+    run_stage(run_dir, stage, {"stage": stage}, {}, build)
+
+
+def test_run_report_shows_base_c_s_and_both_soups_with_general_sts(tmp_path):
+    run_dir = RunDir(str(tmp_path / "run"))
+    # The trained model first: the report reads models by label, not by position.
+    _scored_stage(run_dir, contrastive.STAGE,
+                  {contrastive.MODEL_LABEL: (0.46, 0.94, 0.70),
+                   "all-MiniLM-L6-v2": (0.40, 0.90, 0.82)}, {"model": "model"})
+    _scored_stage(run_dir, soup.STAGE,
+                  {"teacher": (0.46, 0.94, 0.70), "best_trial": (0.47, 0.95, 0.78),
+                   "soup_greedy": (0.48, 0.96, 0.80), "soup_uniform": (0.45, 0.93, 0.81)},
+                  {"model": "model", "model_s": "model_s"})
+    cfg = load_config(None, ["tune.soup=uniform", f"run_dir={tmp_path / 'run'}"])
+    record = report.run(cfg, run_dir, [contrastive.STAGE, soup.STAGE])
+
+    readme = (tmp_path / "run" / "report" / "README.md").read_text()
+    # Columns: ehr-rel-a, kg-linking, biomedical mean (by hand), general STS.
+    assert ("| model | ehr-rel-a (spearman) | kg-linking (acc@1) | biomedical mean | "
+            "general STS: stsb (spearman) |") in readme
+    for row in ("| base (all-MiniLM-L6-v2) | 0.4000 | 0.9000 | 0.6500 | 0.8200 |",
+                "| BioLORD-C (contrastive) | 0.4600 | 0.9400 | 0.7000 | 0.7000 |",
+                "| BioLORD-S (best distillation trial) | 0.4700 | 0.9500 | 0.7100 | 0.7800 |",
+                "| BioLORD (soup, greedy) | 0.4800 | 0.9600 | 0.7200 | 0.8000 |",
+                "| BioLORD (soup, uniform, exported) | 0.4500 | 0.9300 | 0.6900 | 0.8100 |",
+                f"- BioLORD (soup, uniform, exported): `{tmp_path}/run/soup/model`"):
+        assert row in readme, row
+    results = json.loads((tmp_path / "run" / "report" / "results.json").read_text())
+    assert set(results["models"]) == {
+        "base (all-MiniLM-L6-v2)", "BioLORD-C (contrastive)",
+        "BioLORD-S (best distillation trial)", "BioLORD (soup, greedy)",
+        "BioLORD (soup, uniform, exported)"}
+    assert record["counts"]["score_BioLORD (soup, greedy)"] == 0.72

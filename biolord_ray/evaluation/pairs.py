@@ -2,8 +2,12 @@
 
 A preset knows a benchmark's file format and columns; a path points at the file. Rows whose
 text is empty are skipped and counted; anything else that does not fit the preset (missing
-column, non-numeric score, empty file) raises :class:`EvalFormatError` naming the file, the
-line and what was expected.
+column, wrong number of fields, non-numeric score, empty file) raises
+:class:`EvalFormatError` naming the file, the line and what was expected.
+
+A preset also says which domain its benchmark measures: biomedical (all but one), or general
+language (``stsb``, the STS Benchmark). Reports show general-language benchmarks in their own
+"general STS" column, and model selection leaves them out (``suite.main_score``).
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 BUNDLED_DIR = Path(__file__).parent / "data"
+
+BIOMEDICAL, GENERAL = "biomedical", "general"  # what a benchmark measures (PairFormat.domain)
 
 
 class EvalFormatError(ValueError):
@@ -44,6 +50,12 @@ class PairFormat:
     text2: str
     score: str
     about: str
+    # CSV/TSV without a header row: the name of each field, in order (every line has exactly
+    # these fields). None: the first row is the header.
+    columns: tuple[str, ...] | None = None
+    # False: quote characters are text (fields are split on the delimiter only).
+    quoted: bool = True
+    domain: str = BIOMEDICAL
 
 
 PRESETS: dict[str, PairFormat] = {
@@ -63,6 +75,14 @@ PRESETS: dict[str, PairFormat] = {
     "sts": PairFormat(None, "sentence1", "sentence2", "score",
                       "any CSV/TSV/JSON/JSONL with two text columns and a score column "
                       "(STS-B style; columns set in the config)"),
+    # The STS Benchmark's own files (sts-dev.csv, sts-test.csv, ...): general-English
+    # sentences whose quotes are unbalanced text, not CSV quoting.
+    "stsb": PairFormat("tsv", "sentence1", "sentence2", "score",
+                       "STS Benchmark TSV without a header, 7 tab-separated fields: genre, "
+                       "file, year, id, score (0-5), sentence1, sentence2",
+                       columns=("genre", "file", "year", "id", "score", "sentence1",
+                                "sentence2"),
+                       quoted=False, domain=GENERAL),
 }
 
 # The bundled dev files (see data/README.md): suite "dev".
@@ -81,6 +101,7 @@ class PairSet:
     texts2: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     n_skipped: int = 0  # rows with an empty text
+    domain: str = BIOMEDICAL
 
 
 def pair_format(preset: str, text1: str | None = None, text2: str | None = None,
@@ -89,8 +110,8 @@ def pair_format(preset: str, text1: str | None = None, text2: str | None = None,
         raise ValueError(f"unknown benchmark preset {preset!r}; known presets: "
                          f"{', '.join(PRESETS)}")
     base = PRESETS[preset]
-    return PairFormat(base.kind, text1 or base.text1, text2 or base.text2, score or base.score,
-                      base.about)
+    return replace(base, text1=text1 or base.text1, text2=text2 or base.text2,
+                   score=score or base.score)
 
 
 def load_pairs(name: str, path: str | Path, preset: str, text1: str | None = None,
@@ -104,7 +125,7 @@ def load_pairs(name: str, path: str | Path, preset: str, text1: str | None = Non
     kind = fmt.kind or _kind_from_suffix(path)
     rows = _read_json_rows(path) if kind in ("json", "jsonl") else \
         _read_delimited_rows(path, "\t" if kind == "tsv" else ",", fmt)
-    pairs = PairSet(name=name, path=str(path))
+    pairs = PairSet(name=name, path=str(path), domain=fmt.domain)
     for line, row in rows:
         for column in (fmt.text1, fmt.text2, fmt.score):
             if column not in row:
@@ -138,7 +159,10 @@ def _kind_from_suffix(path: Path) -> str:
 
 def _read_delimited_rows(path: Path, delimiter: str, fmt: PairFormat):
     with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        reader = csv.reader(f, delimiter=delimiter,
+                            quoting=csv.QUOTE_MINIMAL if fmt.quoted else csv.QUOTE_NONE)
+        if fmt.columns:
+            return _positional_rows(path, reader, fmt)
         header = next(reader, None)
         if header is None:
             raise EvalFormatError(path, f"empty file; expected a header row with {fmt.text1!r}, "
@@ -156,6 +180,21 @@ def _read_delimited_rows(path: Path, delimiter: str, fmt: PairFormat):
                 raise EvalFormatError(path, f"{len(values)} fields, the header has "
                                             f"{len(header)}", reader.line_num)
             rows.append((reader.line_num, dict(zip(header, values, strict=True))))
+    return rows
+
+
+def _positional_rows(path: Path, reader, fmt: PairFormat):
+    """Rows of a file without a header: each line has exactly ``fmt.columns`` fields."""
+    rows = []
+    for values in reader:
+        if not any(v.strip() for v in values):
+            continue  # blank line
+        if len(values) != len(fmt.columns):
+            raise EvalFormatError(path, f"{len(values)} fields, expected {len(fmt.columns)} "
+                                        f"({fmt.about})", reader.line_num)
+        rows.append((reader.line_num, dict(zip(fmt.columns, values, strict=True))))
+    if not rows:
+        raise EvalFormatError(path, f"empty file; expected {fmt.about}")
     return rows
 
 

@@ -1,9 +1,16 @@
-"""The evaluation report: results.json, a Markdown table and a PNG chart (models x benchmarks)."""
+"""The evaluation report: results.json, a Markdown table and a PNG chart (models x benchmarks).
+
+General-language benchmarks (the ``stsb`` preset) get their own "general STS" columns, after
+a "biomedical mean" that leaves them out (the score models are selected by,
+``suite.main_score``). A report without one keeps its single "mean" column.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from biolord_ray.evaluation.suite import is_general
 
 METRIC_COLUMNS = {
     "similarity": ["spearman", "pearson", "n_pairs", "n_skipped"],
@@ -11,6 +18,9 @@ METRIC_COLUMNS = {
     "hierarchy": ["roc_auc", "n_pairs", "n_positive"],
     "translation": ["accuracy", "src2trg", "trg2src", "mse", "n_pairs"],
 }
+# What the table's mean is, in its caption.
+SELECTION = ("`main_score`, which training computes on its validation suites to select "
+             "checkpoints, trials and soups")
 
 
 def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
@@ -36,22 +46,46 @@ def _benchmarks(report: dict) -> list[tuple[str, dict]]:
     return [(n, seen[n]) for n in order + [n for n in seen if n not in order]]
 
 
+def _split_by_domain(benchmarks: list[tuple[str, dict]]):
+    """(biomedical benchmarks, general-language benchmarks), each in report order."""
+    return ([b for b in benchmarks if not is_general(b[1])],
+            [b for b in benchmarks if is_general(b[1])])
+
+
+def _mean_main_metric(results: dict, benchmarks: list[tuple[str, dict]]) -> float | None:
+    values = [results[n][r["main_metric"]] for n, r in benchmarks if n in results]
+    return sum(values) / len(values) if values else None
+
+
 def markdown(report: dict) -> str:
     benchmarks = _benchmarks(report)
+    biomedical, general = _split_by_domain(benchmarks)
     models = report["models"]
     mode = "fast subset" if report.get("fast") else "full suite"
-    lines = [f"# Evaluation ({mode})", "",
-             "Main metric per benchmark: Spearman for similarity files, accuracy@1 for KG "
-             "retrieval, ROC AUC for the KG hierarchy, and for translation the accuracy of "
-             "finding a held-out pair's other side, both directions averaged (MSE: the "
-             "translation's embedding against the teacher's of the English text).", "",
-             "| model | " + " | ".join(f"{n} ({r['main_metric']})" for n, r in benchmarks)
-             + " | mean |",
-             "|---|" + "---:|" * (len(benchmarks) + 1)]
+    caption = ("Main metric per benchmark: Spearman for similarity files, accuracy@1 for KG "
+               "retrieval, ROC AUC for the KG hierarchy, and for translation the accuracy of "
+               "finding a held-out pair's other side, both directions averaged (MSE: the "
+               "translation's embedding against the teacher's of the English text).")
+    if general:
+        caption += (" Biomedical mean: the mean of the main metrics of every benchmark except "
+                    f"the general-language ones ({SELECTION}). General STS: Spearman on "
+                    "general-English sentence similarity (STS Benchmark), the check that "
+                    "training keeps general language understanding; shown beside the "
+                    "biomedical mean, not averaged into it.")
+    else:
+        caption += f" Mean: the mean of the main metrics ({SELECTION})."
+    columns = [f"{n} ({r['main_metric']})" for n, r in biomedical]
+    columns.append("biomedical mean" if general else "mean")
+    columns += [f"general STS: {n} ({r['main_metric']})" for n, r in general]
+    lines = [f"# Evaluation ({mode})", "", caption, "",
+             "| model | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
     for label, model in models.items():
-        cells = [_fmt(model["benchmarks"].get(n, {}).get(r["main_metric"]))
-                 for n, r in benchmarks]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(model.get('score'))} |")
+        results = model["benchmarks"]
+        cells = [_fmt(results.get(n, {}).get(r["main_metric"])) for n, r in biomedical]
+        cells.append(_fmt(_mean_main_metric(results, biomedical)))
+        cells += [_fmt(results.get(n, {}).get(r["main_metric"])) for n, r in general]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for name, first in benchmarks:
         columns = METRIC_COLUMNS[first["kind"]]
         lines += ["", f"## {name}", "", "| model | " + " | ".join(columns) + " |",
@@ -71,17 +105,21 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    benchmarks = _benchmarks(report)
+    biomedical, general = _split_by_domain(_benchmarks(report))
+    benchmarks = biomedical + general  # general STS last, on a grey band
     labels = list(report["models"])
     width = 0.8 / max(len(labels), 1)
     x = np.arange(len(benchmarks))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(benchmarks) + 2), 4.2))
+    if general:
+        ax.axvspan(len(biomedical) - 0.5, len(benchmarks) - 0.5, color="0.9", zorder=0)
     for i, label in enumerate(labels):
         results = report["models"][label]["benchmarks"]
         values = [results.get(n, {}).get(r["main_metric"], np.nan) for n, r in benchmarks]
         bars = ax.bar(x + (i - (len(labels) - 1) / 2) * width, values, width, label=label)
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-    ax.set_xticks(x, [f"{n}\n({r['main_metric']})" for n, r in benchmarks], fontsize=8)
+    ax.set_xticks(x, [("general STS: " if is_general(r) else "") + f"{n}\n({r['main_metric']})"
+                      for n, r in benchmarks], fontsize=8)
     ax.set_ylabel("score (main metric)")
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.05)
     ax.axhline(0, color="black", linewidth=0.6)

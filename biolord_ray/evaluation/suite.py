@@ -12,6 +12,10 @@ Four kinds of task, each returning a flat dict of metrics:
 
 ``EvalSuite.run(model)`` is also the validation metric during training: the fast suite is
 a few hundred texts, small enough to run on rank 0 after every checkpoint.
+
+Each result records its task's ``domain``: "general" for general-language benchmarks (the
+``stsb`` preset), "biomedical" for everything else. ``main_score``, the number models are
+selected by, averages the biomedical ones only.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import pyarrow.parquet as pq
 from biolord_ray.config import EvalConfig
 from biolord_ray.evaluation import kg_sets, metrics
 from biolord_ray.evaluation.embed import Embedder
-from biolord_ray.evaluation.pairs import BUNDLED, PairSet, load_pairs
+from biolord_ray.evaluation.pairs import BIOMEDICAL, BUNDLED, GENERAL, PairSet, load_pairs
 from biolord_ray.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,10 @@ class SimilarityTask:
     name: str
     pairs: PairSet
     kind: str = "similarity"
+
+    @property
+    def domain(self) -> str:
+        return self.pairs.domain  # from the file's preset
 
     def run(self, model, embed: Embedder) -> dict:
         from sentence_transformers.sentence_transformer.evaluation import (
@@ -66,6 +74,7 @@ class RetrievalTask:
     index_texts: list[str]
     index_concepts: list[str]
     kind: str = "retrieval"
+    domain: str = BIOMEDICAL
 
     def run(self, model, embed: Embedder) -> dict:
         concept_ids = sorted(set(self.index_concepts))
@@ -84,6 +93,7 @@ class HierarchyTask:
     texts2: list[str]
     labels: list[int]
     kind: str = "hierarchy"
+    domain: str = BIOMEDICAL
 
     def run(self, model, embed: Embedder) -> dict:
         similarity = metrics.cosine_pairs(embed(self.texts1), embed(self.texts2))
@@ -99,6 +109,7 @@ class TranslationTask:
     translations: list[str]
     teacher: np.ndarray  # the teacher's embedding of each English text
     kind: str = "translation"
+    domain: str = BIOMEDICAL
 
     def run(self, model, embed: Embedder) -> dict:
         translations = embed(self.translations)
@@ -131,6 +142,7 @@ class EvalSuite:
             started = time.time()
             results[task.name] = {**task.run(model, embed), "kind": task.kind,
                                   "main_metric": MAIN_METRIC[task.kind],
+                                  "domain": task.domain,
                                   "seconds": round(time.time() - started, 2)}
             log.info("%s: %s", task.name, {k: v for k, v in results[task.name].items()
                                            if isinstance(v, float)})
@@ -138,9 +150,19 @@ class EvalSuite:
         return results
 
 
+def is_general(result: dict) -> bool:
+    """A general-language benchmark's result (results written before domains were recorded
+    are all biomedical)."""
+    return result.get("domain") == GENERAL
+
+
 def main_score(results: dict[str, dict]) -> float:
-    """One number for model selection: the mean of each task's main metric."""
-    return float(np.mean([r[r["main_metric"]] for r in results.values()]))
+    """One number for model selection (checkpoints, Ray Tune, soups): the mean of each
+    biomedical task's main metric. General-language benchmarks are reported beside it, not
+    averaged in, so adding one changes no selection; a suite of general benchmarks alone is
+    scored on those."""
+    biomedical = [r for r in results.values() if not is_general(r)]
+    return float(np.mean([r[r["main_metric"]] for r in biomedical or results.values()]))
 
 
 # ---------------------------------------------------------------------------------------

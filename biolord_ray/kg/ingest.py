@@ -1,22 +1,25 @@
-"""Stage ``ingest_kg``: any supported KG -> ``concepts/`` and ``relations/`` Parquet.
+"""Stage ``ingest_kg``: any supported KG, or several (``kg.sources``) -> ``concepts/`` and
+``relations/`` Parquet.
 
-Every reader yields the same two tables (``schema.CONCEPT_SCHEMA``, ``RELATION_SCHEMA``);
-this stage then applies what is common to all formats, streaming with Ray Data:
-the optional slice (first ``kg.max_concepts`` concept ids), de-duplication of relations,
-and the removal of relations whose head or tail is not a kept concept (counted as
-``dangling_relations``, or ``relations_outside_slice``).
+Every reader yields the same two tables (``schema.CONCEPT_SCHEMA``, ``RELATION_SCHEMA``).
+Several sources are read one by one, their ids namespaced by source name and, with
+``kg.merge_on``, concepts they say are the same merged (``merge.py``; the merged ids are
+listed in ``merges/``). This stage then applies what is common to all formats, streaming
+with Ray Data: the optional slice (first ``kg.max_concepts`` concept ids), de-duplication
+of relations, and the removal of relations whose head or tail is not a kept concept
+(counted as ``dangling_relations``, or ``relations_outside_slice``).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from biolord_ray.config import KGConfig, PipelineConfig
-from biolord_ray.kg import mondo, obo
+from biolord_ray.config import BUNDLED_KG_FORMATS, KGConfig, KGSource, PipelineConfig, to_dict
+from biolord_ray.kg import merge, mondo, obo
 from biolord_ray.kg.errors import KGFormatError
 from biolord_ray.kg.schema import CONCEPT_SCHEMA, RELATION_SCHEMA, iso_languages
 from biolord_ray.kg.tables import KGTables, located_read_errors
@@ -29,30 +32,76 @@ STAGE = "ingest_kg"
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     """Ingest the configured KG into the run directory (skipped when already complete)."""
-    return run_stage(run_dir, STAGE, cfg.kg, {"kg": kg_fingerprint(cfg.kg)},
+    return run_stage(run_dir, STAGE, stage_settings(cfg.kg), {"kg": kg_fingerprint(cfg.kg)},
                      lambda staging: _build(cfg.kg, run_dir, staging), force=force)
 
 
+def stage_settings(cfg: KGConfig) -> dict:
+    """The section as the manifest hashes it; a single-source KG leaves out the multi-source
+    keys, so runs ingested before they existed stay complete."""
+    settings = to_dict(cfg)
+    if not cfg.sources and not cfg.merge_on:
+        for key in ("name", "sources", "merge_on"):
+            settings.pop(key)
+    return settings
+
+
 def kg_fingerprint(cfg: KGConfig) -> dict:
-    if cfg.format == "mondo":
-        _, version = mondo.load_bundled()
-        return {"bundled": "cellxgene-ontology-guide MONDO", "version": version}
-    return fingerprint(cfg.path or obo.bundled_hpo_path())
+    sources = cfg.source_list()
+    if len(sources) == 1:
+        return source_fingerprint(sources[0])
+    return {source.name: source_fingerprint(source) for source in sources}
+
+
+def source_fingerprint(source: KGSource) -> dict:
+    if source.format in BUNDLED_KG_FORMATS:
+        _, version = mondo.load_bundled(source.format.upper())
+        name = "MONDO" if source.format == "mondo" else source.format.upper()
+        return {"bundled": f"cellxgene-ontology-guide {name}", "version": version}
+    return fingerprint(source.path or obo.bundled_hpo_path())
 
 
 def read_kg(cfg: KGConfig, num_partitions: int = 16) -> KGTables:
-    """The KG in the shared schema, as lazy Ray Datasets."""
+    """The KG in the shared schema, as lazy Ray Datasets (several sources: namespaced ids;
+    the merge is applied by the stage, which also writes what it merged)."""
+    sources = cfg.source_list()
+    if len(sources) == 1:
+        return read_source(sources[0], num_partitions, cfg.merge_on)
+    concepts, relations, counts, files = [], [], {}, []
+    for source in sources:
+        tables = read_source(source, num_partitions, cfg.merge_on)
+        if source.max_concepts is not None:
+            tables.concepts = tables.concepts.sort("concept_id").limit(source.max_concepts)
+        concepts.append(tables.concepts.map_batches(
+            merge.namespace_concepts, batch_format="pyarrow", fn_kwargs={"name": source.name}))
+        relations.append(tables.relations.map_batches(
+            merge.namespace_relations, batch_format="pyarrow", fn_kwargs={"name": source.name}))
+        counts.update({f"{source.name}.{key}": value for key, value in tables.counts.items()})
+        files += tables.files
+    return KGTables(concepts[0].union(*concepts[1:]), relations[0].union(*relations[1:]),
+                    counts, files)
+
+
+def read_source(source: KGSource, num_partitions: int = 16,
+                xref_namespaces: list[str] = ()) -> KGTables:
+    """One source in the shared schema, its ids as the source writes them."""
     import ray.data
 
-    if cfg.format in ("umls", "snomed"):
-        reader = importlib.import_module(f"biolord_ray.kg.{cfg.format}")
-        return reader.read(cfg, num_partitions=num_partitions)
-    if cfg.format == "mondo":
-        concepts, relations, counts = mondo.read_mondo(mondo.load_bundled()[0])
+    if source.format == "umls":
+        from biolord_ray.kg import umls
+
+        return umls.read(source, num_partitions=num_partitions, xref_namespaces=xref_namespaces)
+    if source.format == "snomed":
+        from biolord_ray.kg import snomed
+
+        return snomed.read(source, num_partitions=num_partitions)
+    if source.format in BUNDLED_KG_FORMATS:
+        ontology = source.format.upper()
+        concepts, relations, counts = mondo.read_mondo(mondo.load_bundled(ontology)[0],
+                                                       source=ontology)
     else:
         concepts, relations, counts = obo.read_obo(
-            cfg.path or obo.bundled_hpo_path(),
-            languages=iso_languages(cfg.languages))
+            source.path or obo.bundled_hpo_path(), languages=iso_languages(source.languages))
     return KGTables(ray.data.from_arrow(concepts), ray.data.from_arrow(relations), counts)
 
 
@@ -61,13 +110,21 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     tables = read_kg(cfg, num_partitions=cfg.shuffle_partitions)
     counts = dict(tables.counts)
     with located_read_errors(tables.files):
-        concepts = tables.concepts
+        concepts, relations = tables.concepts, tables.relations
+        if cfg.merge_on:
+            formats = {s.name: s.format for s in cfg.source_list()}
+            concepts, relations, merges, merge_counts = merge.merge_concepts(
+                concepts, relations, formats, cfg.merge_on, cfg.shuffle_partitions)
+            counts.update(merge_counts)
+            fs.create_dir(f"{staging}/merges")
+            with fs.open_output_stream(f"{staging}/merges/part-0.parquet") as f:
+                pq.write_table(merges, f)
         if cfg.max_concepts is not None:
             concepts = concepts.sort("concept_id").limit(cfg.max_concepts)
         write_parquet(concepts, f"{staging}/concepts", fs, CONCEPT_SCHEMA, cfg.rows_per_file)
         # Relations are deduplicated (UMLS states one relation once per source vocabulary)
         # and written aside before filtering, so their count costs no second read of MRREL.
-        write_parquet(_dedupe_relations(tables.relations, cfg.shuffle_partitions),
+        write_parquet(_dedupe_relations(relations, cfg.shuffle_partitions),
                       f"{staging}/_all_relations", fs, RELATION_SCHEMA, cfg.rows_per_file)
 
     import ray.data
@@ -78,8 +135,14 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     counts["concepts_without_english_name"] = n_concepts - concepts.filter(
         expr=col("preferred_name_language") == "en").count()  # left out of English phases
     if n_concepts == 0:
-        raise KGFormatError(cfg.path or cfg.format, "no concepts were read (check kg.languages "
-                            "and kg.vocabularies)")
+        raise KGFormatError(cfg.path or cfg.describe(), "no concepts were read (check "
+                            "kg.languages and kg.vocabularies)")
+    if len(cfg.source_list()) > 1:
+        ids = pq.read_table(f"{staging}/concepts", filesystem=fs, columns=["concept_id"])
+        sources = pc.list_element(pc.split_pattern(ids["concept_id"], ":", max_splits=1), 0)
+        counts["concepts_by_source"] = {
+            row["values"]: row["counts"]
+            for row in pc.value_counts(sources.combine_chunks()).to_pylist()}
     all_relations = ray.data.read_parquet(f"{staging}/_all_relations", filesystem=fs)
     n_all_relations = all_relations.count()
     ids = concepts.select_columns(["concept_id"])
@@ -92,11 +155,15 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
                   f"{staging}/relations", fs, RELATION_SCHEMA, cfg.rows_per_file)
     fs.delete_dir(f"{staging}/_all_relations")
     n_relations = ray.data.read_parquet(f"{staging}/relations", filesystem=fs).count()
-    dropped = "relations_outside_slice" if cfg.max_concepts is not None else "dangling_relations"
+    sliced = any(s.max_concepts is not None for s in [cfg, *cfg.sources])
+    dropped = "relations_outside_slice" if sliced else "dangling_relations"
     counts.update(concepts=n_concepts, relations=n_relations,
                   **{dropped: n_all_relations - n_relations})
     log.info("ingest_kg: %s", counts)
-    return StageOutputs(outputs={"concepts": "concepts", "relations": "relations"}, counts=counts)
+    outputs = {"concepts": "concepts", "relations": "relations"}
+    if cfg.merge_on:
+        outputs["merges"] = "merges"
+    return StageOutputs(outputs=outputs, counts=counts)
 
 
 def _dedupe_relations(relations, num_partitions: int):

@@ -1,4 +1,5 @@
-"""MONDO as bundled in cellxgene-ontology-guide (the embedded default's knowledge graph).
+"""The ontologies bundled in cellxgene-ontology-guide: MONDO (the embedded default's knowledge
+graph), UBERON, CL and EFO (``kg.format`` mondo, uberon, cl, efo).
 
 The package ships each ontology as a JSON map ``term id -> {label, description, synonyms,
 ancestors: {id: distance}, deprecated}``; parents are the ancestors at distance 1. Its
@@ -47,6 +48,7 @@ def read_mondo(terms: dict, source: str = "MONDO") -> tuple[pa.Table, pa.Table, 
             if term.get("description") else [],
             "semantic_types": [],
             "source_vocabularies": [source],
+            "xrefs": [],  # the package's term maps carry no cross-references
         })
         relations += [{"head_id": concept_id, "relation": IS_A, "tail_id": parent,
                        "source": source}

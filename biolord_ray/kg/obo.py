@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from biolord_ray.kg.errors import KGFormatError
-from biolord_ray.kg.schema import CONCEPT_SCHEMA, IS_A, RELATION_SCHEMA
+from biolord_ray.kg.schema import CONCEPT_SCHEMA, IS_A, RELATION_SCHEMA, parse_curie
 
 QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"\s*(.*)$')
 # Trailing qualifiers: '... {lang="fr", date="2020-09-04"}' at the end of a tag's value.
@@ -44,6 +44,7 @@ class _Term:
     synonyms: list[dict] = field(default_factory=list)
     definitions: list[dict] = field(default_factory=list)
     relations: list[tuple[str, str]] = field(default_factory=list)
+    xrefs: list[str] = field(default_factory=list)
 
 
 def bundled_hpo_path() -> str:
@@ -89,6 +90,7 @@ def read_obo(path: str, languages: list[str] | None = None
             "definitions": [{**d, "source": source} for d in term.definitions],
             "semantic_types": [term.namespace] if term.namespace else [],
             "source_vocabularies": [source],
+            "xrefs": sorted(set(term.xrefs)),
         })
         for relation, target in term.relations:
             relations.append({"head_id": term.concept_id,
@@ -154,6 +156,11 @@ def _add_tag(term: _Term, tag: str, value: str, path: str, number: int) -> None:
         language = _language(qualifiers.group(1)) if qualifiers else "en"
         term.synonyms.append({"text": text, "language": language,
                               "type": kind if language == "en" else "other_language"})
+    elif tag == "xref":
+        # "xref: UMLS:C0020538" or 'xref: MSH:D006973 "description"'; a URL is not an id.
+        xref = parse_curie(value.split()[0]) if value.split() else None
+        if xref:
+            term.xrefs.append(xref)
     elif tag == "is_a":
         term.relations.append((IS_A, value.split()[0]))
     elif tag == "relationship":

@@ -26,6 +26,10 @@ CONCEPT_SCHEMA = pa.schema([
     ("definitions", pa.list_(DEFINITION)),
     ("semantic_types", pa.list_(pa.string())),  # UMLS STY, SNOMED CT semantic tag, OBO namespace
     ("source_vocabularies", pa.list_(pa.string())),
+    # Cross-references as CURIEs with normalised prefixes (see ``curie``): OBO xref tags, UMLS
+    # source codes of the kg.merge_on vocabularies, and the ids of concepts merged into this
+    # one ("hpo:HP:0000822"). Null in runs ingested before the column existed.
+    ("xrefs", pa.list_(pa.string())),
 ])
 
 RELATION_SCHEMA = pa.schema([
@@ -53,3 +57,29 @@ def iso_language(code: str) -> str:
 def iso_languages(codes: list[str]) -> list[str]:
     """``kg.languages`` as ISO codes (English when it is empty, as the UMLS reader reads it)."""
     return sorted({iso_language(code) for code in codes or ["en"]})
+
+
+# Cross-reference prefixes spelled several ways across sources -> one spelling, so that
+# "SNOMEDCT_US:38341003" (HPO), "SCTID:38341003" (MONDO) and a SNOMED CT concept's own id meet.
+XREF_PREFIXES = {"UMLS_CUI": "UMLS", "SNOMEDCT_US": "SNOMEDCT", "SCTID": "SNOMEDCT",
+                 "SNOMED": "SNOMEDCT", "SNOMEDCT_2010_1_31": "SNOMEDCT", "MSH": "MESH",
+                 "NCI": "NCIT", "HPO": "HP", "MDR": "MEDDRA"}
+
+
+def curie(prefix: str, local: str) -> str:
+    """A cross-reference with its prefix normalised: ("snomedct_us", "38341003") ->
+    "SNOMEDCT:38341003"; a local part that repeats the prefix ("HP:0000822") is kept once."""
+    prefix = XREF_PREFIXES.get(prefix.upper(), prefix.upper())
+    head, sep, rest = local.partition(":")
+    if sep and XREF_PREFIXES.get(head.upper(), head.upper()) == prefix:
+        local = rest
+    return f"{prefix}:{local}"
+
+
+def parse_curie(text: str) -> str | None:
+    """An xref as written in a source ("UMLS:C0020538") -> its normalised CURIE, or None
+    when it has no prefix (a URL or free text is not a cross-reference to merge on)."""
+    prefix, sep, local = text.strip().partition(":")
+    if not sep or not prefix or not local or local.startswith("//") or " " in prefix:
+        return None
+    return curie(prefix, local)

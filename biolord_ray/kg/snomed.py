@@ -19,7 +19,7 @@ import re
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biolord_ray.config import KGConfig
+from biolord_ray.config import KGSource
 from biolord_ray.kg.errors import KGFormatError
 from biolord_ray.kg.schema import IS_A, RELATION_SCHEMA, iso_languages
 from biolord_ray.kg.tables import (
@@ -96,7 +96,7 @@ def check_header(path: str, columns: list[str]) -> None:
                             f"got {first[:200]!r}", 1)
 
 
-def read(cfg: KGConfig, num_partitions: int = 16) -> KGTables:
+def read(cfg: KGSource, num_partitions: int = 16) -> KGTables:
     files = release_files(cfg.path)
     for extension in cfg.extensions:
         for pattern, paths in release_files(extension, required=False).items():

@@ -24,7 +24,7 @@ from biolord_ray.kg.schema import CONCEPT_SCHEMA
 FACT_SCHEMA = pa.schema([
     ("concept_id", pa.string()),
     ("kind", pa.string()),       # "concept" (the id exists and is active), "name",
-                                 # "definition" or "semantic_type"
+                                 # "definition", "semantic_type" or "xref" (text: a CURIE)
     ("text", pa.string()),
     ("type", pa.string()),       # synonym type for names (schema.SYNONYM_TYPES)
     ("language", pa.string()),
@@ -136,11 +136,12 @@ def concept_from_facts(group: pa.Table, concept_files: list[str] | None = None) 
             definitions.append({"text": r["text"], "source": r["source"]})
     semantic_types = sorted({r["text"] for r in rows if r["kind"] == "semantic_type"})
     vocabularies = sorted({r["source"] for r in names})
+    xrefs = sorted({r["text"] for r in rows if r["kind"] == "xref"})
     return pa.Table.from_pylist([{
         "concept_id": concept_id, "preferred_name": preferred,
         "preferred_name_language": names[0]["language"], "synonyms": synonyms,
         "definitions": definitions, "semantic_types": semantic_types,
-        "source_vocabularies": vocabularies,
+        "source_vocabularies": vocabularies, "xrefs": xrefs,
     }], schema=CONCEPT_SCHEMA)
 
 

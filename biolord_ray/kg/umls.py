@@ -11,9 +11,9 @@ import os
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biolord_ray.config import KGConfig
+from biolord_ray.config import KGSource
 from biolord_ray.kg.errors import KGFormatError
-from biolord_ray.kg.schema import IS_A, RELATION_SCHEMA, iso_language
+from biolord_ray.kg.schema import IS_A, RELATION_SCHEMA, curie, iso_language
 from biolord_ray.kg.tables import KGTables, assemble_concepts, facts_table, read_delimited
 
 MRCONSO = ["CUI", "LAT", "TS", "LUI", "STT", "SUI", "ISPREF", "AUI", "SAUI", "SCUI", "SDUI",
@@ -46,7 +46,9 @@ def release_files(path: str) -> dict[str, str]:
     return found
 
 
-def read(cfg: KGConfig, num_partitions: int = 16) -> KGTables:
+def read(cfg: KGSource, num_partitions: int = 16, xref_namespaces: list[str] = ()) -> KGTables:
+    """``xref_namespaces``: the atoms' source codes in these namespaces (kg.merge_on, e.g.
+    SNOMEDCT or HP) become the concept's xrefs, so that other sources can merge with it."""
     files = release_files(cfg.path)
     columns = {**REQUIRED, **OPTIONAL}
     options = {"languages": cfg.languages, "vocabularies": cfg.vocabularies,
@@ -55,9 +57,10 @@ def read(cfg: KGConfig, num_partitions: int = 16) -> KGTables:
     def rrf(name: str, keep: list[str]):
         return read_delimited(files[name], columns[name] + ["_end"], keep, "|", header=False)
 
-    facts = rrf("MRCONSO.RRF", ["CUI", "LAT", "TS", "STT", "ISPREF", "SAB", "TTY", "STR",
-                                "SUPPRESS"]).map_batches(
-        names_to_facts, batch_format="pyarrow", fn_kwargs=options)
+    facts = rrf("MRCONSO.RRF", ["CUI", "LAT", "TS", "STT", "ISPREF", "SAB", "TTY", "CODE",
+                                "STR", "SUPPRESS"]).map_batches(
+        names_to_facts, batch_format="pyarrow",
+        fn_kwargs={**options, "xref_namespaces": [n.upper() for n in xref_namespaces]})
     if "MRDEF.RRF" in files:
         facts = facts.union(rrf("MRDEF.RRF", ["CUI", "SAB", "DEF", "SUPPRESS"]).map_batches(
             definitions_to_facts, batch_format="pyarrow", fn_kwargs=options))
@@ -83,10 +86,29 @@ def _keep(batch: pa.Table, vocabularies: list[str], keep_suppressed: bool) -> pa
 
 
 def names_to_facts(batch: pa.Table, languages: list[str], vocabularies: list[str],
-                   keep_suppressed: bool) -> pa.Table:
-    mask = pc.and_(_keep(batch, vocabularies, keep_suppressed),
-                   pc.is_in(batch["LAT"], pa.array(languages or ["ENG"])))
-    b = batch.filter(mask)
+                   keep_suppressed: bool, xref_namespaces: list[str] = ()) -> pa.Table:
+    kept = _keep(batch, vocabularies, keep_suppressed)
+    names = _name_facts(batch.filter(pc.and_(kept, pc.is_in(batch["LAT"],
+                                                          pa.array(languages or ["ENG"])))))
+    if not xref_namespaces or "CODE" not in batch.column_names:
+        return names
+    return pa.concat_tables([names, _xref_facts(batch.filter(kept), xref_namespaces)])
+
+
+def _xref_facts(b: pa.Table, namespaces: list[str]) -> pa.Table:
+    """Each atom's source code as a CURIE ("SNOMEDCT_US", "38341003" -> SNOMEDCT:38341003),
+    for the codes in ``namespaces``; written once per code, whatever the atom's language."""
+    sabs = pc.unique(b["SAB"]).to_pylist()  # a few dozen per batch: normalise those
+    wanted = [sab for sab in sabs if curie(sab, "x").split(":")[0] in namespaces]
+    b = b.filter(pc.and_(pc.is_in(b["SAB"], pa.array(wanted, pa.string())),
+                         pc.not_equal(b["CODE"], "NOCODE")))
+    xrefs = [curie(sab, code) for sab, code in zip(b["SAB"].to_pylist(), b["CODE"].to_pylist(),
+                                                  strict=True)]
+    return facts_table({"concept_id": b["CUI"], "kind": "xref", "text": pa.array(xrefs,
+                                                                                pa.string())})
+
+
+def _name_facts(b: pa.Table) -> pa.Table:
     english = pc.equal(b["LAT"], "ENG")
     # The UMLS preferred name of a CUI is its English atom with TS=P, STT=PF, ISPREF=Y.
     preferred = pc.and_(english, pc.and_(pc.equal(b["TS"], "P"), pc.and_(

@@ -26,6 +26,8 @@ from biolord_ray.training.losses import ConceptContrastiveLoss, concept_labels
 log = logging.getLogger(__name__)
 
 STAGE = "train_contrastive"
+# The trained model's label in evaluation/results.json (the base model's: model_label(spec)).
+MODEL_LABEL = "contrastive"
 
 
 def make_loss(model, tcfg):
@@ -89,7 +91,7 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
         if cfg.eval.suites:
             suite = build_suite(cfg.eval, cfg.eval.suites, run_dir)
             report = evaluate_models([tcfg.base_model, model_dir], suite, cfg,
-                                     labels=[model_label(tcfg.base_model), "contrastive"],
+                                     labels=[model_label(tcfg.base_model), MODEL_LABEL],
                                      locations=[None, run_dir.path(STAGE, loop.EXPORT_SUBDIR)])
             write_report(report, os.path.join(local, "evaluation"))
             report_md = markdown(report)

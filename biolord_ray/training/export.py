@@ -64,7 +64,7 @@ def write_model_card(model_dir: str | Path, *, load_path: str, section: str, tit
         "",
         "## Training data",
         "",
-        f"Knowledge graph: `{cfg.kg.format}`" + (f" at `{cfg.kg.path}`" if cfg.kg.path else "")
+        f"Knowledge graph: {cfg.kg.describe()}"
         + (f", first {cfg.kg.max_concepts} concepts" if cfg.kg.max_concepts else "") + ".",
         "",
         *_table(["", ""], data.items()),

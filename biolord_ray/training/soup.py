@@ -213,7 +213,7 @@ def _evaluate(cfg: PipelineConfig, run_dir: RunDir, out: str,
     if cfg.targets.teacher is None:
         with run_dir.fs.open_input_stream(
                 f"{run_dir.output(contrastive.STAGE, 'evaluation')}/results.json") as f:
-            known["teacher"] = json.loads(f.read())["models"]["contrastive"]
+            known["teacher"] = json.loads(f.read())["models"][contrastive.MODEL_LABEL]
     to_score = [label for label in first.values() if label not in known]
     suite = build_suite(cfg.eval, cfg.eval.suites, run_dir)
     report = evaluate_models([dirs[label] for label in to_score], suite, cfg,
