@@ -6,9 +6,11 @@
         --set kg.path=/data/umls/META
 
 Runs the stages it needs first when they are not complete (ingest_kg, eval_sets,
-generate_definitions, build_pairs). Writes <run_dir>/train_contrastive/: model/ (a
-sentence-transformers directory with a model card), history.csv/.png and evaluation/
-(base vs trained model). Interrupted runs resume from the last checkpoint.
+generate_definitions, build_pairs; generate_definitions not with
+--set pairs.generated_definitions=false, the ablation without LLM definitions). Writes
+<run_dir>/train_contrastive/: model/ (a sentence-transformers directory with a model card),
+history.csv/.png and evaluation/ (base vs trained model). Interrupted runs resume from the
+last checkpoint.
 """
 
 import json
@@ -26,7 +28,9 @@ if __name__ == "__main__":
     cfg = config_from_args(args)
     run_dir = RunDir(cfg.run_dir)
     init_ray(cfg.ray)
-    for stage in (ingest, kg_sets, generate, pairs):
+    needed = (ingest, kg_sets, generate, pairs) if cfg.pairs.generated_definitions \
+        else (ingest, kg_sets, pairs)
+    for stage in needed:
         stage.run(cfg, run_dir)
     record = contrastive.run(cfg, run_dir, force=args.force)
     print(json.dumps({"run_dir": run_dir.uri, "stage": contrastive.STAGE, **record}, indent=2))

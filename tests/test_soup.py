@@ -58,6 +58,24 @@ def test_targets_are_the_normalised_mean_of_names_and_definitions(ray_local):
             np.testing.assert_allclose(np.asarray(target), expected, atol=1e-5)
 
 
+def test_a_target_cap_keeps_the_pairs_of_the_lowest_drawn_concepts(ray_local, tmp_path):
+    import pyarrow.parquet as pq
+    import ray.data
+
+    from biolord_ray.evaluation.kg_sets import draw
+
+    ids = [f"HP:{i}" for i in range(20) for _ in range(3)]  # 3 pairs per concept
+    table = pa.table({"concept_id": ids, "anchor": ids, "positive": ids,
+                      "kind": ["definition"] * 60, "source": ["HPO"] * 60})
+    pq.write_table(table, tmp_path / "pairs.parquet")
+    tcfg = TargetsConfig(max_concepts=5, seed=3)
+    kept = targets._sampled_concepts(ray.data.from_arrow(table), str(tmp_path / "pairs.parquet"),
+                                     RunDir(str(tmp_path)).fs, tcfg).to_pandas()
+    expected = sorted({*ids}, key=lambda c: draw(3, c))[:5]
+    assert sorted(set(kept["concept_id"])) == sorted(expected)
+    assert len(kept) == 15  # every pair of a kept concept
+
+
 def test_cpu_encoder_actors_must_leave_a_cpu_for_the_shuffle(ray_local):
     with pytest.raises(ValueError, match="targets.concurrency=2 CPU encoder actors"):
         targets.check_room_for_shuffles(TargetsConfig(concurrency=2))

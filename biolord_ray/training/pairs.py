@@ -41,10 +41,14 @@ PAIR_SCHEMA = pa.schema([
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     inputs = {"kg": run_dir.stage_identity(ingest.STAGE),
               "eval_sets": run_dir.stage_identity(kg_sets.STAGE)}
-    if run_dir.stage_record(generate.STAGE):
+    if uses_generated_definitions(cfg, run_dir):
         inputs["definitions"] = run_dir.stage_identity(generate.STAGE)
     return run_stage(run_dir, STAGE, cfg.pairs, inputs,
                      lambda staging: _build(cfg, run_dir, staging), force=force)
+
+
+def uses_generated_definitions(cfg: PipelineConfig, run_dir: RunDir) -> bool:
+    return cfg.pairs.generated_definitions and run_dir.stage_record(generate.STAGE) is not None
 
 
 def description(name: str, relations: list[str], targets: list[str]) -> str:
@@ -92,7 +96,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     dcfg = cfg.definitions
     rows = with_facts(concepts, concepts, relations, dcfg.max_parents, dcfg.max_relations,
                       dcfg.max_targets, parts)
-    if run_dir.stage_record(generate.STAGE):
+    if uses_generated_definitions(cfg, run_dir):
         generated = ray.data.read_parquet(run_dir.output(generate.STAGE, "definitions"),
                                           filesystem=fs) \
             .filter(lambda r: r["valid"] or pcfg.keep_invalid_definitions) \

@@ -71,6 +71,8 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
                           run_dir.fs, schema)
             counts[f"{split}_texts"] = counts[f"{split}_concepts"] = 0
             continue
+        if cfg.targets.max_concepts is not None:
+            source = _sampled_concepts(source, path, run_dir.fs, cfg.targets)
         targets = teacher_targets(source, model_dir, cfg.targets).materialize()
         schema = schema or target_schema(len(targets.take(1)[0]["target"]))
         write_parquet(targets, f"{staging}/{split}", run_dir.fs, schema)
@@ -79,6 +81,22 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
         log.info("%s: %d texts of %d concepts", split, counts[f"{split}_texts"],
                  counts[f"{split}_concepts"])
     return StageOutputs(outputs={s: s for s in SPLITS}, counts=counts)
+
+
+def _sampled_concepts(pair_rows, path: str, fs, tcfg):
+    """The pairs of ``tcfg.max_concepts`` concepts, those with the lowest seeded hash of their
+    id (``kg_sets.draw``): a sample spread over the whole KG, the same on every rerun."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from biolord_ray.evaluation.kg_sets import draw
+
+    ids = pc.unique(pq.read_table(path, filesystem=fs, columns=["concept_id"])["concept_id"])
+    chosen = pa.array(sorted(ids.to_pylist(), key=lambda c: draw(tcfg.seed, c))
+                      [:tcfg.max_concepts], pa.string())
+    return pair_rows.map_batches(lambda batch: batch.filter(pc.is_in(batch["concept_id"],
+                                                                     value_set=chosen)),
+                                 batch_format="pyarrow")
 
 
 def check_room_for_shuffles(tcfg) -> None:
