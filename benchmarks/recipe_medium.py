@@ -33,6 +33,9 @@ from biolord_ray.training.contrastive import MODEL_LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 90 * 60
+# Table rows in the recipe's order (results.json stores models with sorted keys).
+ROW_ORDER = ["base", "BioLORD-C (", "BioLORD-C without", "BioLORD-S", "BioLORD (soup, greedy",
+             "BioLORD (soup, uniform"]
 
 
 def run_job(job: str, run_dir: Path, overrides: list[str]) -> float:
@@ -62,7 +65,10 @@ def fidelity_table(run_dir: Path, ablation_dir: Path | None) -> tuple[list[str],
     biomedical = [n for n in names if n not in general]
     columns = biomedical + ["biomedical mean"] + [f"general STS: {n}" for n in general]
     rows = []
-    for label, model in models.items():
+    order = sorted(models, key=lambda label: next(
+        (i for i, prefix in enumerate(ROW_ORDER) if label.startswith(prefix)), len(ROW_ORDER)))
+    for label in order:
+        model = models[label]
         scores = {n: model["benchmarks"][n][first[n]["main_metric"]]
                   for n in names if n in model["benchmarks"]}
         mean = sum(scores[n] for n in biomedical) / len(biomedical)
@@ -89,20 +95,26 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override passed to the jobs")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--no-run", action="store_true",
+                        help="only read the run directories (total: the stages' seconds)")
     args = parser.parse_args()
 
     baseline = bare_encode_seconds()
     print(json.dumps({"bare_encode_seconds": round(baseline, 2)}), flush=True)
     run_dir = Path(args.run_dir).resolve()
-    total = run_job("full_pipeline.py", run_dir, args.set)
-    ablation_dir = None
-    if args.ablation:
-        ablation_dir = run_dir.with_name(run_dir.name + "-without-llm-definitions")
-        run_job("train_contrastive.py", ablation_dir,
-                [*args.set, "pairs.generated_definitions=false"])
+    ablation_dir = run_dir.with_name(run_dir.name + "-without-llm-definitions") \
+        if args.ablation else None
+    total = None
+    if not args.no_run:
+        total = run_job("full_pipeline.py", run_dir, args.set)
+        if ablation_dir is not None:
+            run_job("train_contrastive.py", ablation_dir,
+                    [*args.set, "pairs.generated_definitions=false"])
 
     manifest = read_results(run_dir / "manifest.json")
-    stages = {name: record["seconds"] for name, record in manifest["stages"].items()}
+    records = sorted(manifest["stages"].items(), key=lambda item: item[1]["started_at"])
+    stages = {name: record["seconds"] for name, record in records}
+    total = total or sum(stages.values())
     columns, rows = fidelity_table(run_dir, ablation_dir)
     result = {"run_dir": str(run_dir), "overrides": args.set, "stages_seconds": stages,
               "total_seconds": round(total, 1), "target_seconds": TARGET_SECONDS,
