@@ -55,9 +55,9 @@ def kg_fingerprint(cfg: KGConfig) -> dict:
 
 def source_fingerprint(source: KGSource) -> dict:
     if source.format in BUNDLED_KG_FORMATS:
-        _, version = mondo.load_bundled(source.format.upper())
-        name = "MONDO" if source.format == "mondo" else source.format.upper()
-        return {"bundled": f"cellxgene-ontology-guide {name}", "version": version}
+        ontology = source.format.upper()
+        _, version = mondo.load_bundled(ontology)
+        return {"bundled": f"cellxgene-ontology-guide {ontology}", "version": version}
     return fingerprint(source.path or obo.bundled_hpo_path())
 
 
