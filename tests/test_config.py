@@ -119,6 +119,14 @@ def test_definitions_cap_must_be_a_positive_integer(tmp_path):
         == 400000
 
 
+def test_validation_cap_must_be_positive():
+    with pytest.raises(ConfigError, match=r"distill.max_validation_rows \(from --set "
+                       r"distill.max_validation_rows=0\): must be positive"):
+        load_config(None, ["distill.max_validation_rows=0"])
+    assert load_config(None, ["contrastive.max_validation_rows=null"]) \
+        .contrastive.max_validation_rows is None
+
+
 def test_extends_builds_on_a_preset(tmp_path):
     path = tmp_path / "umls.yaml"
     path.write_text(f"extends: paper\nkg:\n  path: {tmp_path}\n  languages: [ENG, SPA]\n")

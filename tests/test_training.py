@@ -143,3 +143,36 @@ def _base_dir() -> str:
     from biolord_ray.evaluation.embed import sentence_model_dir
 
     return sentence_model_dir("packaged:all-MiniLM-L6-v2")
+
+
+def test_validation_rows_are_capped_to_the_same_first_rows(ray_local, tmp_path):
+    """The validation loss reads the first max_validation_rows rows of the (shuffled) split,
+    in file order: the same rows at every validation and after a resume."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from biolord_ray.config import TrainConfig
+    from biolord_ray.training import loop
+
+    for part in range(3):  # three files of 40 rows: the cap crosses a file boundary
+        folder = tmp_path / "validation"
+        folder.mkdir(exist_ok=True)
+        ids = [f"C{part * 40 + i:03d}" for i in range(40)]
+        pq.write_table(pa.table({"concept_id": ids, "anchor": ids, "positive": ids}),
+                       folder / f"part-{part}.parquet")
+    shutil.copytree(tmp_path / "validation", tmp_path / "train")
+    fs = pafs.LocalFileSystem()
+    columns = ["anchor", "positive"]
+    tcfg = TrainConfig(batch_size=8, num_workers=2, max_validation_rows=50)
+    reads = [loop.read_datasets(str(tmp_path / "train"), str(tmp_path / "validation"), fs,
+                                columns, tcfg)["validation"].to_pandas() for _ in range(2)]
+    assert reads[0].columns.tolist() == columns
+    assert reads[0]["anchor"].tolist() == [f"C{i:03d}" for i in range(50)]
+    assert reads[0].equals(reads[1])
+    tcfg.max_validation_rows = None
+    assert loop.read_datasets(str(tmp_path / "train"), str(tmp_path / "validation"), fs,
+                              columns, tcfg)["validation"].count() == 120
+    tcfg.max_validation_rows = 15  # fewer than one batch per worker: no validation loss
+    assert "validation" not in loop.read_datasets(
+        str(tmp_path / "train"), str(tmp_path / "validation"), fs, columns, tcfg)

@@ -114,17 +114,22 @@ def plan_steps(n_rows: int, tcfg: TrainConfig) -> tuple[int, int]:
 
 def read_datasets(train: str, validation: str, filesystem, columns: list[str],
                   tcfg: TrainConfig) -> dict:
-    """The Ray Datasets ``fit`` takes from two Parquet outputs: "train", and "validation" when
-    it fills at least one batch on every worker."""
+    """The Ray Datasets ``fit`` takes from two Parquet outputs: "train", and "validation" (at
+    most ``tcfg.max_validation_rows`` rows) when it fills at least one batch on every worker."""
+    import pyarrow.dataset as pads
     import ray.data
 
-    def read(path):
-        return ray.data.read_parquet(path, filesystem=filesystem).select_columns(columns)
-
-    found = {"train": read(train)}
-    held_out = read(validation)
-    if held_out.count() >= tcfg.batch_size * tcfg.num_workers:
-        found["validation"] = held_out
+    found = {"train": ray.data.read_parquet(train, filesystem=filesystem)
+             .select_columns(columns)}
+    # The first rows in file order (the split is written shuffled), read in the driver: the
+    # same rows at every validation and after a resume, which Dataset.limit does not promise.
+    if tcfg.max_validation_rows is None:
+        rows = ray.data.read_parquet(validation, filesystem=filesystem).select_columns(columns)
+    else:
+        held_out = pads.dataset(validation, filesystem=filesystem, format="parquet")
+        rows = ray.data.from_arrow(held_out.head(tcfg.max_validation_rows, columns=columns))
+    if rows.count() >= tcfg.batch_size * tcfg.num_workers:
+        found["validation"] = rows
     return found
 
 
