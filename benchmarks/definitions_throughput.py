@@ -139,7 +139,7 @@ def prepare_prompts(tmp: Path, overrides: list[str]):
     run_dir = RunDir(cfg.run_dir)
     init_ray(cfg.ray)
     ingest.run(cfg, run_dir)
-    folder = generate._write_prompts(cfg, run_dir, run_dir.path("prompts"))
+    folder, _ = generate._write_prompts(cfg, run_dir, run_dir.path("prompts"))
     prompts_file = tmp / "prompts.parquet"
     pq.write_table(pq.read_table(folder), prompts_file)
     ray.shutdown()

@@ -1,7 +1,7 @@
 """Ingestion throughput and peak memory of the UMLS MRCONSO streaming reader.
 
-Generates realistic MRCONSO.RRF files (cached under ``--data-dir``, keyed by size and seed),
-then, for each size, measures in fresh subprocesses:
+Generates realistic MRCONSO.RRF files (``synthetic_umls.generate_mrconso``; cached under
+``--data-dir``, keyed by size and seed), then, for each size, measures in fresh subprocesses:
 
 * **bare**: ``pyarrow.csv.read_csv`` of the whole file into one in-memory table, with the
   same read/parse/convert options ``biolord_ray.kg.tables.read_delimited`` passes to Ray
@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import shutil
 import statistics
 import subprocess
@@ -54,12 +53,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from synthetic_umls import generate_mrconso  # noqa: E402
 
 from biolord_ray.config import KGConfig  # noqa: E402
 from biolord_ray.kg import umls  # noqa: E402
@@ -74,235 +74,6 @@ COLUMNS = umls.MRCONSO + ["_end"]
 _DEFAULT_KG = KGConfig()
 NAMES_OPTIONS = {"languages": _DEFAULT_KG.languages, "vocabularies": _DEFAULT_KG.vocabularies,
                  "keep_suppressed": _DEFAULT_KG.keep_suppressed}
-
-# --------------------------------------------------------------------------------------------
-# MRCONSO generator
-# --------------------------------------------------------------------------------------------
-
-# (English, Spanish, French)
-CONDITIONS = [
-    ("disease", "enfermedad", "maladie"), ("disorder", "trastorno", "trouble"),
-    ("neoplasm", "neoplasia", "néoplasme"), ("carcinoma", "carcinoma", "carcinome"),
-    ("inflammation", "inflamación", "inflammation"), ("infection", "infección", "infection"),
-    ("fracture", "fractura", "fracture"), ("injury", "lesión", "lésion"),
-    ("hemorrhage", "hemorragia", "hémorragie"), ("stenosis", "estenosis", "sténose"),
-    ("insufficiency", "insuficiencia", "insuffisance"), ("atrophy", "atrofia", "atrophie"),
-    ("hypertrophy", "hipertrofia", "hypertrophie"), ("ulcer", "úlcera", "ulcère"),
-    ("abscess", "absceso", "abcès"), ("cyst", "quiste", "kyste"),
-    ("malformation", "malformación", "malformation"), ("obstruction", "obstrucción",
-                                                       "obstruction"),
-    ("dysplasia", "displasia", "dysplasie"), ("necrosis", "necrosis", "nécrose"),
-    ("pain", "dolor", "douleur"), ("edema", "edema", "œdème"),
-    ("calcification", "calcificación", "calcification"), ("fibrosis", "fibrosis", "fibrose"),
-    ("syndrome", "síndrome", "syndrome"), ("tumor", "tumor", "tumeur"),
-]
-ANATOMY = [
-    ("lung", "pulmón", "poumon"), ("liver", "hígado", "foie"), ("kidney", "riñón", "rein"),
-    ("heart", "corazón", "cœur"), ("brain", "cerebro", "cerveau"),
-    ("stomach", "estómago", "estomac"), ("colon", "colon", "côlon"),
-    ("pancreas", "páncreas", "pancréas"), ("thyroid gland", "glándula tiroides",
-                                          "glande thyroïde"),
-    ("skin", "piel", "peau"), ("bone", "hueso", "os"), ("femur", "fémur", "fémur"),
-    ("tibia", "tibia", "tibia"), ("spinal cord", "médula espinal", "moelle épinière"),
-    ("aorta", "aorta", "aorte"), ("coronary artery", "arteria coronaria",
-                                  "artère coronaire"),
-    ("retina", "retina", "rétine"), ("cornea", "córnea", "cornée"),
-    ("bladder", "vejiga", "vessie"), ("prostate", "próstata", "prostate"),
-    ("ovary", "ovario", "ovaire"), ("uterus", "útero", "utérus"),
-    ("esophagus", "esófago", "œsophage"), ("small intestine", "intestino delgado",
-                                           "intestin grêle"),
-    ("lymph node", "ganglio linfático", "ganglion lymphatique"), ("spleen", "bazo", "rate"),
-    ("adrenal gland", "glándula suprarrenal", "glande surrénale"),
-    ("mitral valve", "válvula mitral", "valve mitrale"), ("trachea", "tráquea", "trachée"),
-    ("gallbladder", "vesícula biliar", "vésicule biliaire"),
-]
-MODIFIERS = [
-    ("chronic", "crónica", "chronique"), ("acute", "aguda", "aiguë"),
-    ("congenital", "congénita", "congénitale"), ("malignant", "maligna", "maligne"),
-    ("benign", "benigna", "bénigne"), ("primary", "primaria", "primitive"),
-    ("secondary", "secundaria", "secondaire"), ("recurrent", "recurrente", "récidivante"),
-    ("obstructive", "obstructiva", "obstructive"), ("traumatic", "traumática",
-                                                    "traumatique"),
-    ("idiopathic", "idiopática", "idiopathique"), ("hereditary", "hereditaria",
-                                                   "héréditaire"),
-    ("bilateral", "bilateral", "bilatérale"), ("diffuse", "difusa", "diffuse"),
-    ("focal", "focal", "focale"), ("severe", "grave", "sévère"),
-]
-QUALIFIERS = [
-    ("", "", ""), ("", "", ""), ("", "", ""), ("", "", ""),
-    (", unspecified", ", no especificada", ", sans précision"),
-    (", left", ", izquierda", ", gauche"), (", right", ", derecha", ", droite"),
-    (" without complication", " sin complicación", " sans complication"),
-    (" with hemorrhage", " con hemorragia", " avec hémorragie"),
-    (" in pregnancy", " en el embarazo", " au cours de la grossesse"),
-    (" of childhood", " de la infancia", " de l'enfance"),
-    (" (finding)", " (hallazgo)", " (constatation)"),
-    (", stage 2", ", estadio 2", ", stade 2"), (" type 1", " tipo 1", " type 1"),
-    (" type 2", " tipo 2", " type 2"), (", initial encounter", ", primer contacto",
-                                        ", premier contact"),
-]
-ENG_SABS = ["MSH", "SNOMEDCT_US", "NCI", "MDR", "ICD10CM", "MTH", "MEDLINEPLUS", "LNC",
-            "HPO", "OMIM"]
-ENG_SAB_P = [0.18, 0.30, 0.15, 0.10, 0.06, 0.05, 0.03, 0.07, 0.03, 0.03]
-SPA_SABS = ["MSHSPA", "SCTSPA", "MDRSPA"]
-FRE_SABS = ["MSHFRE", "MDRFRE"]
-SABS = ENG_SABS + SPA_SABS + FRE_SABS
-# Per SAB: code style (0: MeSH D######, 1: SNOMED number, 2: ICD-10-CM, 3: NCI C#####,
-# 4: plain number) and SRL.
-SAB_CODE_STYLE = {"MSH": 0, "MSHSPA": 0, "MSHFRE": 0, "SNOMEDCT_US": 1, "SCTSPA": 1,
-                  "ICD10CM": 2, "NCI": 3}
-SAB_SRL = {"MSH": "0", "SNOMEDCT_US": "9", "NCI": "0", "MDR": "3", "ICD10CM": "4",
-           "MTH": "0", "MEDLINEPLUS": "0", "LNC": "0", "HPO": "0", "OMIM": "0",
-           "MSHSPA": "3", "SCTSPA": "9", "MDRSPA": "3", "MSHFRE": "3", "MDRFRE": "3"}
-ENG_TTYS = ["PT", "SY", "MH", "ET", "PN", "FN", "LLT", "AB", "ACR"]
-ENG_TTY_P = [0.25, 0.25, 0.08, 0.12, 0.05, 0.08, 0.11, 0.04, 0.02]
-FOREIGN_TTYS = ["MH", "PT", "SY", "ET", "LLT"]
-FOREIGN_TTY_P = [0.25, 0.25, 0.25, 0.15, 0.10]
-
-
-def _pick(rng: np.random.Generator, n: int, probs: list[float]) -> np.ndarray:
-    p = np.asarray(probs, dtype=float)
-    return rng.choice(len(p), size=n, p=p / p.sum()).astype(np.int32)
-
-
-def _name_pools(seed: int, size: int = 60_000) -> tuple[pa.Array, ...]:
-    """Parallel (English, Spanish, French, English initials) pools of base concept names."""
-    r = random.Random(seed)
-    en, es, fr = [], [], []
-    for _ in range(size):
-        c, a, m = r.choice(CONDITIONS), r.choice(ANATOMY), r.choice(MODIFIERS)
-        style = r.random()
-        if style < 0.4:
-            e, s, f = f"{m[0]} {c[0]} of {a[0]}", f"{c[1]} {m[1]} de {a[1]}", \
-                f"{c[2]} {m[2]} de {a[2]}"
-        elif style < 0.7:
-            e, s, f = f"{m[0]} {a[0]} {c[0]}", f"{c[1]} {m[1]} del {a[1]}", \
-                f"{c[2]} {m[2]} du {a[2]}"
-        else:
-            c2, a2 = r.choice(CONDITIONS), r.choice(ANATOMY)
-            e = f"{m[0]} {c[0]} of {a[0]} with {c2[0]} of {a2[0]}"
-            s = f"{c[1]} {m[1]} de {a[1]} con {c2[1]} de {a2[1]}"
-            f = f"{c[2]} {m[2]} de {a[2]} avec {c2[2]} de {a2[2]}"
-        en.append(e[0].upper() + e[1:])
-        es.append(s[0].upper() + s[1:])
-        fr.append(f[0].upper() + f[1:])
-    initials = pc.utf8_upper(pc.replace_substring_regex(pa.array(en), r"(\w)\w*[^\w]*", r"\1"))
-    return pa.array(en), pa.array(es), pa.array(fr), initials
-
-
-def _ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
-    digits = pc.utf8_lpad(pc.cast(pa.array(numbers), pa.string()), width, "0")
-    return pc.binary_join_element_wise(prefix, digits, "")
-
-
-def _lookup(values: list[str], idx: np.ndarray) -> pa.Array:
-    return pa.array(values).take(pa.array(idx))
-
-
-def _mrconso_chunk(rng: np.random.Generator, cui: np.ndarray, pos: np.ndarray,
-                   row0: int, pools: tuple[pa.Array, ...], cui_width: int = 7) -> pa.Array:
-    """MRCONSO lines (each ending in '|\\n') for one chunk of rows, as one string array."""
-    n = len(cui)
-    first = pos == 0
-    # Language: the first atom of every concept is English (it carries the preferred name).
-    lang = np.where(first, 0, _pick(rng, n, [0.72, 0.16, 0.12]))
-    eng, spa = lang == 0, lang == 1
-    sab = np.where(eng, _pick(rng, n, ENG_SAB_P),
-                   np.where(spa, len(ENG_SABS) + rng.integers(0, len(SPA_SABS), n),
-                            len(ENG_SABS) + len(SPA_SABS) + rng.integers(0, len(FRE_SABS), n)))
-    sab = np.where(first, np.where(rng.random(n) < 0.5, 0, 1), sab)  # MSH / SNOMEDCT_US
-    tty = np.where(eng, _pick(rng, n, ENG_TTY_P),
-                   len(ENG_TTYS) + _pick(rng, n, FOREIGN_TTY_P))
-    tty = np.where(first, 0, tty)
-    abbrev = eng & ((tty == ENG_TTYS.index("AB")) | (tty == ENG_TTYS.index("ACR")))
-
-    # Names: the concept's base name (pool entry + qualifier), in the atom's language, with
-    # per-atom variants (lower case, ", NOS", "(disorder)", initials for AB/ACR).
-    base = np.uint64(2654435761) * cui.astype(np.uint64) % np.uint64(len(pools[0]))
-    qual = (cui.astype(np.int64) * 7 + 3) % len(QUALIFIERS)
-    base = pa.array(base.astype(np.int64))
-    names = pc.choose(pa.array(lang), *(p.take(base) for p in pools[:3]))
-    quals = pc.choose(pa.array(lang), *(_lookup([q[i] for q in QUALIFIERS], qual)
-                                        for i in range(3)))
-    text = pc.binary_join_element_wise(names, quals, "")
-    variant = np.where(first, 0, _pick(rng, n, [0.45, 0.2, 0.15, 0.2]))
-    variant = np.where(abbrev, 4, variant)
-    initials = pools[3].take(base)
-    text = pc.choose(pa.array(variant), text, pc.utf8_lower(text),
-                     pc.binary_join_element_wise(text, ", NOS", ""),
-                     pc.binary_join_element_wise(text, " (disorder)", ""), initials)
-
-    ts = np.where(first, 0, (rng.random(n) < 0.25).astype(np.int32))
-    stt = np.where(first, 0, _pick(rng, n, [0.7, 0.15, 0.1, 0.05]))
-    ispref = np.where(first, 0, (rng.random(n) < 0.4).astype(np.int32))
-    suppress = np.where(first, 0, _pick(rng, n, [0.94, 0.03, 0.01, 0.02]))
-    cvf = _pick(rng, n, [0.7, 0.2, 0.1])
-
-    # Codes: a per-source style. Same concept + source -> same code.
-    code_num = (cui.astype(np.int64) * 1_000_003 + sab * 7919) % 900_000 + 100_000
-    style = np.array([SAB_CODE_STYLE.get(s, 4) for s in SABS])[sab]
-    num = pc.cast(pa.array(code_num), pa.string())
-    icd = pc.binary_join_element_wise(
-        _lookup(list("ABCDEFGHIJKLMNOPRSTZ"), code_num % 20),
-        pc.cast(pa.array(code_num % 100), pa.string()),
-        pc.cast(pa.array(code_num // 100 % 10), pa.string()), "")
-    icd = pc.binary_join_element_wise(pc.utf8_slice_codeunits(icd, 0, 3), ".",
-                                      pc.utf8_slice_codeunits(icd, 3), "")
-    code = pc.choose(pa.array(style), pc.binary_join_element_wise("D", num, ""),
-                     pc.binary_join_element_wise(num, "00", ""), icd,
-                     pc.binary_join_element_wise("C", num, ""), num)
-    is_msh, is_sct = style == 0, style == 1
-    empty = pa.nulls(n, pa.string()).fill_null("")
-    scui = pc.if_else(pa.array(is_msh), _ids("M", code_num, 7),
-                      pc.if_else(pa.array(is_sct | (style >= 3)), code, empty))
-    sdui = pc.if_else(pa.array(is_msh), code, empty)
-    rows = np.arange(row0, row0 + n, dtype=np.int64)
-    saui = pc.if_else(pa.array(is_sct), pc.cast(pa.array(rows * 97 + 1_000_011), pa.string()),
-                      empty)
-    aui = _ids("A", (rows * 2654435761) % 100_000_000, 8)
-    lui = _ids("L", (cui.astype(np.int64) * 3 + variant % 2 + lang * 5) % 10_000_000, 7)
-    sui = _ids("S", (cui.astype(np.int64) * 11 + variant * 3 + lang) % 10_000_000, 7)
-
-    fields = [
-        _ids("C", cui, cui_width), _lookup(["ENG", "SPA", "FRE"], lang), _lookup(["P", "S"], ts),
-        lui, _lookup(["PF", "VO", "VC", "VW"], stt), sui, _lookup(["Y", "N"], ispref), aui,
-        saui, scui, sdui, _lookup(SABS, sab), _lookup(ENG_TTYS + FOREIGN_TTYS, tty), code,
-        text, _lookup([SAB_SRL[s] for s in SABS], sab), _lookup(["N", "O", "E", "Y"], suppress),
-        _lookup(["", "256", "4096"], cvf),
-    ]
-    return pc.binary_join_element_wise(*fields, "\n", "|")
-
-
-def _write_lines(f, lines: pa.Array) -> int:
-    lines = lines.cast(pa.large_string()) if lines.type != pa.large_string() else lines
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)
-    start, end = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
-    f.write(memoryview(lines.buffers()[2])[start:end])
-    return end - start
-
-
-def generate_mrconso(path: Path, rows: int, seed: int, chunk_rows: int = 500_000) -> None:
-    """Write ``rows`` MRCONSO rows: ~4 atoms per concept (3-5), CUIs ascending."""
-    rng = np.random.default_rng(seed)
-    n_cuis = rows // 3 + 1
-    per_cui = rng.integers(3, 6, n_cuis)  # 3, 4 or 5 atoms
-    n_cuis = int(np.searchsorted(np.cumsum(per_cui), rows)) + 1
-    per_cui = per_cui[:n_cuis]
-    # Sparse and ascending like a release (gaps shrink for huge files to stay in C + 7 digits).
-    gap_hi = min(8, max(2, 2 * 9_000_000 // n_cuis))
-    cui_num = 5 + np.cumsum(rng.integers(1, gap_hi, n_cuis))
-    cui = np.repeat(cui_num, per_cui)[:rows]
-    starts = np.repeat(np.cumsum(per_cui) - per_cui, per_cui)[:rows]
-    pos = np.arange(rows) - starts
-    pools = _name_pools(seed)
-    tmp = path.with_suffix(".partial")
-    with open(tmp, "wb") as f:
-        for i, row0 in enumerate(range(0, rows, chunk_rows)):
-            sl = slice(row0, min(rows, row0 + chunk_rows))
-            chunk_rng = np.random.default_rng([seed, i])
-            _write_lines(f, _mrconso_chunk(chunk_rng, cui[sl], pos[sl], row0, pools,
-                                           max(7, len(str(int(cui_num[-1]))))))
-    os.replace(tmp, path)
 
 
 def mrconso_file(data_dir: Path, rows: int, seed: int) -> tuple[Path, float | None]:

@@ -120,3 +120,47 @@ def test_missing_required_file(tmp_path):
     (tmp_path / "MRCONSO.RRF").write_text("")
     with pytest.raises(KGFormatError, match="not a UMLS release: missing MRREL.RRF"):
         umls.release_files(str(tmp_path))
+
+
+def test_concepts_are_assembled_from_facts_with_arrow_kernels():
+    """The block assembly behind the UMLS and SNOMED CT readers, on hand-made facts in shuffled
+    order: the preferred name is the first by rank, a (text, language) is one synonym (a
+    cognate in another language is another), definitions keep their first (text, source)
+    in the facts' order, types/vocabularies/xrefs are sorted and distinct, and a concept
+    without a name is dropped."""
+    from biolord_ray.kg.tables import concepts_from_facts, facts_table
+
+    rows = [  # (concept, kind, text, type, language, source, rank)
+        ("C1", "definition", "Raised pressure.", "", "", "NCI", 0),
+        ("C1", "name", "hypertension", "exact", "en", "SCT", 1),
+        ("C2", "semantic_type", "T047", "", "", "", 0),
+        ("C1", "semantic_type", "T047", "", "", "", 0),
+        ("C1", "name", "Hypertension", "exact", "fr", "MSHFRE", 2),
+        ("C1", "name", "Hypertension", "exact", "en", "NCI", 3),
+        ("C0", "name", "Zeta", "exact", "en", "MSH", 0),
+        ("C1", "definition", "High BP.", "", "", "MSH", 0),
+        ("C1", "name", "Hypertension", "exact", "en", "MSH", 0),
+        ("C1", "definition", "Raised pressure.", "", "", "NCI", 0),
+        ("C1", "semantic_type", "T033", "", "", "", 0),
+        ("C1", "xref", "SNOMEDCT:38341003", "", "", "", 0),
+        ("C1", "semantic_type", "T047", "", "", "", 0),
+    ]
+    columns = ["concept_id", "kind", "text", "type", "language", "source", "rank"]
+    concepts = concepts_from_facts(facts_table(
+        {c: [row[i] for row in rows] for i, c in enumerate(columns)})).to_pylist()
+    assert [c["concept_id"] for c in concepts] == ["C0", "C1"]
+    assert concepts[0]["preferred_name"] == "Zeta" and concepts[0]["synonyms"] == []
+    c1 = concepts[1]
+    assert (c1["preferred_name"], c1["preferred_name_language"]) == ("Hypertension", "en")
+    assert c1["synonyms"] == [
+        {"text": "hypertension", "type": "exact", "language": "en", "source": "SCT"},
+        {"text": "Hypertension", "type": "exact", "language": "fr", "source": "MSHFRE"}]
+    assert c1["definitions"] == [{"text": "Raised pressure.", "source": "NCI"},
+                                 {"text": "High BP.", "source": "MSH"}]
+    assert c1["semantic_types"] == ["T033", "T047"]
+    assert c1["source_vocabularies"] == ["MSH", "MSHFRE", "NCI", "SCT"]
+    assert c1["xrefs"] == ["SNOMEDCT:38341003"]
+    with pytest.raises(KGFormatError, match="duplicate concept id C1"):
+        concepts_from_facts(facts_table({c: [r[i] for r in rows + [
+            ("C1", "concept", "", "", "", "", 0)] * 2] for i, c in enumerate(columns)}),
+            concept_files=[__file__])

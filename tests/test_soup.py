@@ -204,3 +204,17 @@ def test_run_report_shows_base_c_s_and_both_soups_with_general_sts(tmp_path):
         "BioLORD-S (best distillation trial)", "BioLORD (soup, greedy)",
         "BioLORD (soup, uniform, exported)"}
     assert record["counts"]["score_BioLORD (soup, greedy)"] == 0.72
+
+
+def test_ingredient_spread_measures_how_far_apart_the_trials_are():
+    start = {"w": torch.tensor([3.0, 4.0]), "ids": torch.tensor([0, 1])}  # norm 5
+    states = {"a": {"w": torch.tensor([4.0, 4.0])},    # update (1, 0)
+              "b": {"w": torch.tensor([3.0, 5.0])},    # update (0, 1)
+              "c": {"w": torch.tensor([5.0, 4.0])}}    # update (2, 0)
+    spread = soup.ingredient_spread(start, states)
+    assert spread["update_share"] == pytest.approx({"a": 0.2, "b": 0.2, "c": 0.4})
+    # cos(a, b) = 0, cos(a, c) = 1, cos(b, c) = 0
+    assert spread["update_cosine_min"] == pytest.approx(0.0)
+    assert spread["update_cosine_mean"] == pytest.approx(1 / 3)
+    one = soup.ingredient_spread(start, {"a": states["a"]})
+    assert one["update_cosine_mean"] is None and one["update_share"]["a"] == pytest.approx(0.2)

@@ -3,9 +3,9 @@ Data, and concepts assembled from "facts" (one row per name, definition or seman
 
 Release files are tens of millions of rows, so nothing is collected on the driver: each file
 is read as a stream of Arrow blocks, normalised into facts by ``map_batches``, and the facts
-of one concept are brought together by Ray Data's ``groupby(...).map_groups``, which
-shuffles through the object store (spilling to disk) instead of holding the graph in one
-process.
+of one concept are brought together by a keyed repartition (a hash shuffle through the
+object store, spilling to disk) and assembled block by block with Arrow kernels, instead of
+holding the graph in one process.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from biolord_ray.kg.errors import KGFormatError, find_lines, locate_bad_line
-from biolord_ray.kg.schema import CONCEPT_SCHEMA
+from biolord_ray.kg.schema import CONCEPT_SCHEMA, SYNONYM
 
 FACT_SCHEMA = pa.schema([
     ("concept_id", pa.string()),
@@ -96,53 +98,117 @@ def _kg_format_cause(err: BaseException) -> KGFormatError | None:
 def assemble_concepts(facts, concept_files: list[str] | None = None, num_partitions: int = 16):
     """Group facts by concept into rows of CONCEPT_SCHEMA.
 
+    The facts are hash-partitioned by concept id (each concept's facts in exactly one block:
+    Ray Data does not split the blocks of a keyed repartition, and ``batch_size=None`` hands
+    each block over whole), then each block is assembled by ``concepts_from_facts`` with
+    Arrow kernels. Written by hand because ``groupby().map_groups`` calls Python once per
+    concept (about 0.4 ms each: most of an ingest of UMLS's millions of concepts), and Ray
+    Data's vectorised aggregations cannot build the ordered lists of structs a concept holds.
+
     ``concept_files``: when set, a concept must have exactly one "concept" fact (it is
     listed, active, once in those files); concepts without one are dropped (their names
     belong to an inactive or filtered concept) and a duplicate is an error naming the file.
     """
-    return facts.groupby("concept_id", num_partitions=num_partitions).map_groups(
-        concept_from_facts, batch_format="pyarrow", fn_kwargs={"concept_files": concept_files})
+    concepts = facts.repartition(num_partitions, keys=["concept_id"]).map_batches(
+        concepts_from_facts, batch_format="pyarrow", batch_size=None,
+        fn_kwargs={"concept_files": concept_files})
+    # A KGFormatError raised here must reach the caller as itself: Ray Data wraps a UDF's
+    # error in a UserCodeException, whose cause is lost when a shuffle task reports it.
+    # (The context is this dataset's own copy, taken when its files were read.)
+    concepts.context.raise_original_map_exception = True
+    return concepts
 
 
-def concept_from_facts(group: pa.Table, concept_files: list[str] | None = None) -> pa.Table:
-    """One concept row from all facts of one concept (an empty table if it has no name)."""
-    rows = group.to_pylist()
-    concept_id = rows[0]["concept_id"]
-    if concept_files is not None:
-        listed = sum(1 for r in rows if r["kind"] == "concept")
-        if listed > 1:
-            found = [(path, line) for path in concept_files
-                     for line in find_lines(path, [concept_id + "\t"])]
-            where = ", ".join(f"{os.path.basename(path)} line {line}" for path, line in found)
-            path, line = found[0] if found else (concept_files[0], None)
-            raise KGFormatError(path, f"duplicate concept id {concept_id} ({where})", line)
-        if listed == 0:
-            return CONCEPT_SCHEMA.empty_table()
-    names = sorted((r for r in rows if r["kind"] == "name"),
-                   key=lambda r: (r["rank"], r["text"], r["language"], r["source"]))
-    if not names:
+def concepts_from_facts(facts: pa.Table, concept_files: list[str] | None = None) -> pa.Table:
+    """Concept rows from every fact of the concepts in ``facts`` (a concept without a name is
+    dropped), sorted by concept id:
+
+    * preferred name: the first name by (rank, text, language, source), English whenever the
+      concept has an English name; synonyms: the other names in that order, each (text,
+      language) once (a cognate, "diabetes mellitus" in Spanish and in Dutch, is two names);
+    * definitions: each (text, source) once, in the order of the facts;
+    * semantic types, source vocabularies (of all its names) and xrefs: sorted, distinct.
+    """
+    if facts.num_rows == 0:
         return CONCEPT_SCHEMA.empty_table()
-    preferred = names[0]["text"]  # English whenever the concept has an English name
-    # A name is one string in one language: "diabetes mellitus" is both Spanish and Dutch.
-    synonyms, seen = [], {(preferred, names[0]["language"])}
-    for r in names[1:]:
-        if (r["text"], r["language"]) not in seen:
-            seen.add((r["text"], r["language"]))
-            synonyms.append({k: r[k] for k in ("text", "type", "language", "source")})
-    definitions, seen_defs = [], set()
-    for r in rows:
-        if r["kind"] == "definition" and (r["text"], r["source"]) not in seen_defs:
-            seen_defs.add((r["text"], r["source"]))
-            definitions.append({"text": r["text"], "source": r["source"]})
-    semantic_types = sorted({r["text"] for r in rows if r["kind"] == "semantic_type"})
-    vocabularies = sorted({r["source"] for r in names})
-    xrefs = sorted({r["text"] for r in rows if r["kind"] == "xref"})
-    return pa.Table.from_pylist([{
-        "concept_id": concept_id, "preferred_name": preferred,
-        "preferred_name_language": names[0]["language"], "synonyms": synonyms,
-        "definitions": definitions, "semantic_types": semantic_types,
-        "source_vocabularies": vocabularies, "xrefs": xrefs,
-    }], schema=CONCEPT_SCHEMA)
+    facts = facts.append_column("_row", pa.array(np.arange(facts.num_rows)))
+    if concept_files is not None:
+        listed = facts.filter(pc.equal(facts["kind"], "concept"))
+        times = listed.group_by("concept_id").aggregate([("_row", "count")])
+        repeated = times.filter(pc.greater(times["_row_count"], 1))["concept_id"]
+        if len(repeated):
+            raise _duplicate_concept(repeated[0].as_py(), concept_files)
+        facts = facts.filter(pc.is_in(facts["concept_id"], value_set=listed["concept_id"]))
+
+    names = _of_kind(facts, "name").sort_by(
+        [("concept_id", "ascending"), ("rank", "ascending"), ("text", "ascending"),
+         ("language", "ascending"), ("source", "ascending")])
+    if names.num_rows == 0:
+        return CONCEPT_SCHEMA.empty_table()
+    names = names.set_column(names.schema.get_field_index("_row"), "_row",
+                             pa.array(np.arange(names.num_rows)))  # the order above
+    ids = names["concept_id"].combine_chunks()
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+    preferred = names.filter(pa.array(first))
+    concept_ids = preferred["concept_id"]
+    distinct = _first_of(names, ["concept_id", "text", "language"])
+    others = distinct.filter(pc.invert(pc.is_in(distinct["_row"], value_set=preferred["_row"])))
+    synonyms = pc.make_struct(*(others[f.name] for f in SYNONYM),
+                              field_names=[f.name for f in SYNONYM])
+    definitions = _first_of(_of_kind(facts, "definition"), ["concept_id", "text", "source"])
+    types, xrefs = (_distinct_sorted(_of_kind(facts, kind), "text")
+                    for kind in ("semantic_type", "xref"))
+    vocabularies = _distinct_sorted(names, "source")
+    return pa.Table.from_arrays([
+        concept_ids, preferred["text"], preferred["language"],
+        _lists(concept_ids, others["concept_id"], synonyms),
+        _lists(concept_ids, definitions["concept_id"], pc.make_struct(
+            definitions["text"], definitions["source"], field_names=["text", "source"])),
+        _lists(concept_ids, types["concept_id"], types["text"]),
+        _lists(concept_ids, vocabularies["concept_id"], vocabularies["source"]),
+        _lists(concept_ids, xrefs["concept_id"], xrefs["text"]),
+    ], schema=CONCEPT_SCHEMA)
+
+
+def _of_kind(facts: pa.Table, kind: str) -> pa.Table:
+    return facts.filter(pc.equal(facts["kind"], kind))
+
+
+def _first_of(table: pa.Table, keys: list[str]) -> pa.Table:
+    """The first row (lowest ``_row``) of each distinct ``keys``, in ``_row`` order."""
+    firsts = table.group_by(keys).aggregate([("_row", "min")])["_row_min"]
+    return table.filter(pc.is_in(table["_row"], value_set=firsts)).sort_by("_row")
+
+
+def _distinct_sorted(table: pa.Table, column: str) -> pa.Table:
+    """Distinct (concept_id, ``column``) pairs sorted by both."""
+    return table.group_by(["concept_id", column]).aggregate([]).sort_by(
+        [("concept_id", "ascending"), (column, "ascending")])
+
+
+def _lists(concept_ids: pa.Array, owners: pa.Array, values: pa.Array) -> pa.ListArray:
+    """``values`` as one list per concept of ``concept_ids`` (sorted, distinct), in their
+    order; ``owners`` says whose each value is (a concept outside ``concept_ids`` is
+    dropped). Stable: values of one concept keep their relative order."""
+    position = pc.index_in(owners, value_set=concept_ids)
+    kept = pc.is_valid(position)
+    position = position.filter(kept).to_numpy()
+    values = values.filter(kept)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    order = np.argsort(position, kind="stable")
+    counts = np.bincount(position, minlength=len(concept_ids))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), values.take(pa.array(order)))
+
+
+def _duplicate_concept(concept_id: str, concept_files: list[str]) -> KGFormatError:
+    found = [(path, line) for path in concept_files
+             for line in find_lines(path, [concept_id + "\t"])]
+    where = ", ".join(f"{os.path.basename(path)} line {line}" for path, line in found)
+    path, line = found[0] if found else (concept_files[0], None)
+    return KGFormatError(path, f"duplicate concept id {concept_id} ({where})", line)
 
 
 def facts_table(columns: dict[str, object]) -> pa.Table:

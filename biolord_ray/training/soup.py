@@ -86,6 +86,41 @@ def average_models(model_dirs: list[str], out_dir: str) -> str:
     return out_dir
 
 
+def ingredient_spread(start: dict, states: dict[str, dict]) -> dict:
+    """How far apart the soup's ingredients are: each one's update (its weights minus the
+    ``start`` they were all trained from) as a share of the start's norm, and the cosine
+    between every two updates. A soup can only add where the ingredients differ: updates
+    that are small and nearly parallel average to about any one of them."""
+    import torch
+
+    keys = [k for k, v in start.items() if v.is_floating_point()]
+
+    def flat(state: dict) -> torch.Tensor:
+        return torch.cat([state[k].to(torch.float64).flatten() for k in keys])
+
+    origin = flat(start)
+    updates = {name: flat(state) - origin for name, state in states.items()}
+    names = list(updates)
+    cosines = [float(torch.nn.functional.cosine_similarity(updates[a], updates[b], dim=0))
+               for i, a in enumerate(names) for b in names[i + 1:]]
+    return {"update_share": {n: float(u.norm() / origin.norm()) for n, u in updates.items()},
+            "update_cosine_min": min(cosines, default=None),
+            "update_cosine_mean": sum(cosines) / len(cosines) if cosines else None}
+
+
+def _spread_of(base_dir: str, trial_dirs: dict[str, str]) -> dict:
+    """``ingredient_spread`` of model directories (the transformer's weights)."""
+    from safetensors.torch import load_file
+
+    def weights(folder: str) -> dict:
+        files = sorted(Path(folder).glob("*.safetensors"))  # one file, or a sharded model's
+        if not files:
+            raise ValueError(f"{folder}: no *.safetensors weights")
+        return {k: v for f in files for k, v in load_file(str(f)).items()}
+
+    return ingredient_spread(weights(base_dir), {n: weights(d) for n, d in trial_dirs.items()})
+
+
 def greedy_soup(ingredients: list[str], score: Callable[[list[str]], float]) -> list[dict]:
     """Greedy soup over ``ingredients`` (best first): each step scores the soup with the next
     ingredient added and keeps it only if the score goes up. ``score(members)`` scores the
@@ -123,7 +158,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import pandas as pd
 
     from biolord_ray.evaluation import build_suite, main_score
-    from biolord_ray.evaluation.embed import Embedder, load_sentence_model
+    from biolord_ray.evaluation.embed import Embedder, load_sentence_model, sentence_model_dir
 
     with run_dir.fs.open_input_stream(run_dir.output(distill.STAGE, "trials")) as f:
         trials = pd.read_csv(f).sort_values(loop.SCORE, ascending=False)
@@ -153,6 +188,8 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
                 scores[key] = main_score(suite.run(model, Embedder(model)))
             return scores[key]
 
+        spread = _spread_of(sentence_model_dir(cfg.distill.base_model, cfg.models.cache_dir,
+                                               cfg.models.trust_remote_code), ingredients)
         steps = greedy_soup(order, score)
         greedy_members = steps[-1]["members"]
         uniform_members = order[:cfg.tune.soup_top_k]
@@ -165,7 +202,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
         (Path(out) / SINGLE_SUBDIR / "README.md").unlink(missing_ok=True)
 
         report = _evaluate(cfg, run_dir, out, trained)
-        _write_tables(out, trials, steps, uniform_members, uniform_score)
+        _write_tables(out, trials, steps, uniform_members, uniform_score, spread)
         _write_cards(cfg, run_dir, out, trials, steps, uniform_members, report)
         pafs.copy_files(out, staging, destination_filesystem=run_dir.fs)
 
@@ -173,7 +210,11 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
               "uniform_ingredients": len(uniform_members),
               "best_trial_val_score": round(steps[0]["score"], 4),
               "greedy_val_score": round(scores[tuple(sorted(greedy_members))], 4),
-              "uniform_val_score": round(uniform_score, 4)}
+              "uniform_val_score": round(uniform_score, 4),
+              "update_share_mean": round(sum(spread["update_share"].values()) / len(order), 5)}
+    if spread["update_cosine_mean"] is not None:
+        counts["update_cosine_mean"] = round(spread["update_cosine_mean"], 3)
+        counts["update_cosine_min"] = round(spread["update_cosine_min"], 3)
     if report:
         counts.update({f"full_suite_{label}": round(m["score"], 4)
                        for label, m in report["models"].items()})
@@ -229,8 +270,9 @@ def _evaluate(cfg: PipelineConfig, run_dir: RunDir, out: str,
 
 
 def _write_tables(out: str, trials, steps: list[dict], uniform_members: list[str],
-                  uniform_score: float) -> None:
-    """soup.csv (every trial and soup with its validation score) and soup.png."""
+                  uniform_score: float, spread: dict) -> None:
+    """soup.csv (every trial and soup with its validation score; for a trial, its update's
+    share of the base model's norm) and soup.png."""
     import csv
 
     import matplotlib
@@ -238,7 +280,8 @@ def _write_tables(out: str, trials, steps: list[dict], uniform_members: list[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [{"model": t, "kind": "trial", "val_score": s, "members": t}
+    rows = [{"model": t, "kind": "trial", "val_score": s, "members": t,
+             "update_share": spread["update_share"][t]}
             for t, s in zip(trials["trial"], trials[loop.SCORE], strict=True)]
     rows += [{"model": f"greedy step {s['step']} (+{s['ingredient']})", "kind": "greedy step",
               "val_score": s["score"], "kept": s["kept"], "members": " ".join(s["members"])}
@@ -246,7 +289,8 @@ def _write_tables(out: str, trials, steps: list[dict], uniform_members: list[str
     rows.append({"model": f"uniform soup of {len(uniform_members)}", "kind": "uniform soup",
                  "val_score": uniform_score, "members": " ".join(uniform_members)})
     with open(f"{out}/soup.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["model", "kind", "val_score", "kept", "members"])
+        writer = csv.DictWriter(f, ["model", "kind", "val_score", "kept", "members",
+                                    "update_share"])
         writer.writeheader()
         writer.writerows(rows)
 
