@@ -248,8 +248,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     # The validation loss reads at most this many held-out rows (the first of the shuffled
     # split, the same rows at every validation; None: all). On the medium preset the whole
-    # split (14k pairs) took 200 s a validation on 2 CPUs, most of the phase's fixed cost;
-    # 2048 rows give the loss to about 1%.
+    # split (14k pairs) took 200 s a validation on 2 CPUs, most of the phase's fixed cost.
     max_validation_rows: int | None = 2048
     validation_suites: list[str] = field(default_factory=lambda: ["dev", "kg"])
     # Worker failures survived by restarting from the last checkpoint.

@@ -93,7 +93,9 @@ def ingredient_spread(start: dict, states: dict[str, dict]) -> dict:
     that are small and nearly parallel average to about any one of them."""
     import torch
 
-    keys = [k for k, v in start.items() if v.is_floating_point()]
+    # Floating parameters every ingredient has (a buffer the start alone saves is no weight).
+    keys = [k for k, v in start.items()
+            if v.is_floating_point() and all(k in state for state in states.values())]
 
     def flat(state: dict) -> torch.Tensor:
         return torch.cat([state[k].to(torch.float64).flatten() for k in keys])
