@@ -7,13 +7,14 @@ invocation:
 * **bare**: one process, no Ray: the distinct (concept, text) rows computed with pandas,
   ``model.encode`` over them (torch limited to ``--threads``, the CPUs one encoder actor
   gets), the per-concept normalised mean with numpy;
-* **pipeline**: ``targets.teacher_targets``: Ray Data group-by for the distinct texts,
-  ``map_batches`` over ``--actors`` encoder actors, group-by for the means, materialised.
+* **pipeline**: ``targets.teacher_targets``: a keyed repartition by concept, the distinct
+  texts per concept, ``map_batches`` over ``--actors`` encoder actors that each get whole
+  concepts and average them, materialised.
 
 The bare side is timed without loading the model; the pipeline's time includes starting its
 actors (each loads the model), so on small inputs the ratio understates steady-state speed.
 Printed: ``pipeline / bare`` texts/s (1 actor: the overhead of Ray Data; more actors on more
-cores: the scaling; CPU actors must leave one CPU free for the group-by after them).
+cores: the scaling; CPU actors must leave one CPU free for the shuffle before them).
 
 Usage::
 

@@ -187,6 +187,30 @@ def write_parquet(ds, path: str, fs: pafs.FileSystem, schema, min_rows_per_file:
             pq.write_table(schema.empty_table(), f)
 
 
+def count_rows(path: str, fs: pafs.FileSystem, filter=None) -> int:
+    """Rows of a Parquet output: from the files' footers (no data read), or, with ``filter``
+    (a ``pyarrow.compute`` expression), reading only the columns it names. A Ray Data
+    ``count()`` would start a whole execution for this."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows(filter=filter)
+
+
+def count_distinct(path: str, fs: pafs.FileSystem, column: str) -> int:
+    """Distinct values of one column of a Parquet output, streamed batch by batch (memory:
+    the distinct values, not the column)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    seen = pa.chunked_array([], pa.string())
+    for batch in pads.dataset(path, filesystem=fs, format="parquet").to_batches(
+            columns=[column]):
+        seen = pc.unique(pa.chunked_array([*seen.chunks, batch[column]]))
+        seen = pa.chunked_array([seen])
+    return len(seen)
+
+
 def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)

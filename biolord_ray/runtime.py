@@ -9,6 +9,21 @@ from biolord_ray.config import RayConfig
 
 log = logging.getLogger(__name__)
 
+# Ray keeps at most one idle worker process per CPU and kills the rest after a second. Ray
+# Data runs shuffle map and reduce tasks and join reduce tasks each in a worker pool of their
+# own (different env vars), so on a 2-CPU node every join or group-by started fresh Python
+# processes: about 6 s per shuffle, whatever its size. Idle workers kept for 5 minutes (and
+# a few more of them) make every shuffle after the first cost a fraction of a second
+# (benchmarks/stage_fixed_cost.py). Nodes of a small cluster get the same from
+# ``small_node_env()`` in the environment of ``ray start``.
+SMALL_NODE_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 300_000,
+                            "num_workers_soft_limit": 12}
+
+
+def small_node_env() -> dict[str, str]:
+    """``SMALL_NODE_SYSTEM_CONFIG`` as the RAY_* environment variables Ray reads it from."""
+    return {f"RAY_{key}": str(value) for key, value in SMALL_NODE_SYSTEM_CONFIG.items()}
+
 
 def init_ray(cfg: RayConfig):
     """Join the cluster named by the config or RAY_ADDRESS, else start a local instance.
@@ -26,7 +41,8 @@ def init_ray(cfg: RayConfig):
         context = ray.init(address=address)
     else:
         context = ray.init(num_cpus=cfg.num_cpus, include_dashboard=True,
-                           dashboard_host=cfg.dashboard_host)
+                           dashboard_host=cfg.dashboard_host,
+                           _system_config=SMALL_NODE_SYSTEM_CONFIG)
     ray.data.DataContext.get_current().enable_progress_bars = True
     log.info("Ray resources: %s; dashboard: %s", ray.cluster_resources(),
              context.dashboard_url)

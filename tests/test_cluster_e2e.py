@@ -32,6 +32,7 @@ import pytest
 from conftest import assert_dashboard_locked, readable_rows
 
 from biolord_ray.definitions.generate import DEFINITION_SCHEMA
+from biolord_ray.runtime import small_node_env
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +110,7 @@ def two_node_cluster(run_dir: Path):
     """
     temp_dirs = [tempfile.mkdtemp(prefix="rayE2E", dir="/tmp") for _ in range(2)]  # short
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_ADDRESS": ""}
+           "RAY_ADDRESS": "", **small_node_env()}
     gcs, dashboard = _free_port(), _free_port()
     try:
         _ray(["start", "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=true",

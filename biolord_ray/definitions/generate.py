@@ -9,10 +9,11 @@ Each answer is checked (``validate.py``) and written with its metadata to Parque
 Resume: shards land in ``<run_dir>/_work/generate_definitions/shards/`` as they are produced.
 A rerun (after a crash, a kill, or with a grown KG) reads which concepts already have a
 definition from the same model and template there and in the previous output, and generates
-only the others (a left-anti join). A shard cut short by a kill is unreadable and is moved to
-``quarantine/`` (counted); its concepts are generated again. When every concept is done the
-shards are consolidated into ``generate_definitions/definitions/`` with ``summary.json``, each
-answer checked again by the current gate (so a changed gate re-judges stored answers).
+only the others (a left-anti join against the done ids, broadcast). A shard cut short by a
+kill is unreadable and is moved to ``quarantine/`` (counted); its concepts are generated
+again. When every concept is done the shards are consolidated into
+``generate_definitions/definitions/`` with ``summary.json``, each answer checked again by the
+current gate (so a changed gate re-judges stored answers).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from biolord_ray.broadcast import lookup_join
 from biolord_ray.config import DefinitionsConfig, PipelineConfig
 from biolord_ray.definitions import validate
 from biolord_ray.definitions.prompts import (
@@ -114,9 +116,8 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     done = _done_ids(fs, files, model_tag, thash) & wanted
     todo = prompts
     if done:
-        todo = prompts.join(ray.data.from_arrow(pa.table({"concept_id": sorted(done)})),
-                            "left_anti", num_partitions=cfg.kg.shuffle_partitions,
-                            on=("concept_id",))
+        todo = lookup_join(prompts, pa.table({"concept_id": sorted(done)}), on=["concept_id"],
+                           how="left_anti")
     log.info("%s: %d concepts, %d already defined, %d to generate", STAGE, len(wanted),
              len(done), len(wanted) - len(done))
 

@@ -1,18 +1,21 @@
 """Prompts from KG facts: each concept's name, synonyms, semantic types, parents and other
 relations, verbalised into a chat prompt asking for a definition.
 
-Facts are gathered with Ray Data (a join to name each relation's target, a groupby to collect
-each concept's facts, a join back to the concept), so no process ever holds the whole graph;
+Facts are gathered with Ray Data (a broadcast lookup names each relation's target, a keyed
+repartition brings each concept's facts together, a join takes them back to the concept), so
+no process holds the whole graph, only a table of names;
 the prompts are written to Parquet once per template and reused by every (re)run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 
 import pyarrow as pa
 
+from biolord_ray.broadcast import lookup_join
 from biolord_ray.config import DefinitionsConfig
 from biolord_ray.definitions.selection import select_concepts
 from biolord_ray.kg.schema import IS_A
@@ -48,22 +51,35 @@ def relation_label(relation: str) -> str:
 
 def collect_facts(group: pa.Table, max_parents: int, max_relations: int,
                   max_targets: int) -> pa.Table:
-    """One concept's relations (all rows share head_id) -> sorted, capped fact lines."""
-    by_relation: dict[str, set[str]] = {}
-    for relation, target in zip(group["relation"].to_pylist(), group["tail_name"].to_pylist(),
-                                strict=True):
-        if target:
-            by_relation.setdefault(relation, set()).add(target)
-    order = sorted(by_relation, key=lambda r: (r != IS_A, r))
-    relations, targets = [], []
-    for relation in order:
-        if relation != IS_A and len(relations) - (IS_A in by_relation) >= max_relations:
-            break
-        cap = max_parents if relation == IS_A else max_targets
-        relations.append(relation)
-        targets.append("; ".join(sorted(by_relation[relation], key=str.casefold)[:cap]))
-    return pa.table({"head_id": [group["head_id"][0].as_py()], "relations": [relations],
-                     "targets": [targets]}, schema=FACTS_SCHEMA)
+    """Relations with their target names (``head_id``, ``relation``, ``tail_name``), every row
+    of a head in this table -> one row per head (FACTS_SCHEMA): sorted, capped fact lines.
+
+    Python over the rows of a whole block (the heads sorted together), not a call per head:
+    a Ray ``map_groups`` call per concept costs more than its facts."""
+    group = group.sort_by("head_id")
+    heads = group["head_id"].to_pylist()
+    out = {"head_id": [], "relations": [], "targets": []}
+    for head, rows in itertools.groupby(zip(heads, group["relation"].to_pylist(),
+                                            group["tail_name"].to_pylist(), strict=True),
+                                        key=lambda row: row[0]):
+        by_relation: dict[str, set[str]] = {}
+        for _, relation, target in rows:
+            if target:
+                by_relation.setdefault(relation, set()).add(target)
+        if not by_relation:
+            continue
+        order = sorted(by_relation, key=lambda r: (r != IS_A, r))
+        relations, targets = [], []
+        for relation in order:
+            if relation != IS_A and len(relations) - (IS_A in by_relation) >= max_relations:
+                break
+            cap = max_parents if relation == IS_A else max_targets
+            relations.append(relation)
+            targets.append("; ".join(sorted(by_relation[relation], key=str.casefold)[:cap]))
+        out["head_id"].append(head)
+        out["relations"].append(relations)
+        out["targets"].append(targets)
+    return pa.table(out, schema=FACTS_SCHEMA)
 
 
 def build_prompts(batch: pa.Table, cfg: DefinitionsConfig) -> pa.Table:
@@ -112,17 +128,24 @@ def prompt_dataset(concepts, relations, cfg: DefinitionsConfig, num_partitions: 
 def with_facts(selected, concepts, relations, max_parents: int, max_relations: int,
                max_targets: int, num_partitions: int):
     """``selected`` concepts with two more columns, ``relations`` and ``targets`` (their
-    sorted, capped facts; see ``collect_facts``); target names come from ``concepts``."""
+    sorted, capped facts; see ``collect_facts``); target names come from ``concepts``.
+
+    Target names are looked up in a broadcast table of names (one row per concept); the
+    relations are then hash-partitioned by head, so each block holds every fact of its
+    heads, and joined back to the selected concepts: two shuffles."""
+    import ray
+
     if relations.count() == 0:
         # Ray Data's hash join fails on an input without rows (it loses the schema); with no
         # relations there are no facts to gather anyway.
         return selected
-    names = concepts.select_columns(["concept_id", "preferred_name"]).rename_columns(
-        {"concept_id": "tail_id", "preferred_name": "tail_name"})
-    facts = relations.join(names, "inner", num_partitions=num_partitions, on=("tail_id",)) \
-        .groupby("head_id", num_partitions=num_partitions).map_groups(
-            collect_facts, batch_format="pyarrow", fn_kwargs={
-                "max_parents": max_parents, "max_relations": max_relations,
-                "max_targets": max_targets})
+    names = concepts.select_columns(["concept_id", "preferred_name"]).to_arrow_refs()
+    names = pa.concat_tables(ray.get(names)).rename_columns(["tail_id", "tail_name"])
+    facts = lookup_join(relations.select_columns(["head_id", "relation", "tail_id"]), names,
+                        on=["tail_id"], how="inner") \
+        .repartition(num_partitions, keys=["head_id"]) \
+        .map_batches(collect_facts, batch_size=None, batch_format="pyarrow", fn_kwargs={
+            "max_parents": max_parents, "max_relations": max_relations,
+            "max_targets": max_targets})
     return selected.join(facts, "left_outer", num_partitions=num_partitions,
                          on=("concept_id",), right_on=("head_id",))

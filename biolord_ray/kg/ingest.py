@@ -18,12 +18,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from biolord_ray.broadcast import lookup_join
 from biolord_ray.config import BUNDLED_KG_FORMATS, KGConfig, KGSource, PipelineConfig, to_dict
 from biolord_ray.kg import merge, mondo, obo
 from biolord_ray.kg.errors import KGFormatError
 from biolord_ray.kg.schema import CONCEPT_SCHEMA, RELATION_SCHEMA, iso_languages
 from biolord_ray.kg.tables import KGTables, located_read_errors
-from biolord_ray.run_dir import RunDir, StageOutputs, fingerprint, run_stage, write_parquet
+from biolord_ray.run_dir import (
+    RunDir,
+    StageOutputs,
+    count_rows,
+    fingerprint,
+    run_stage,
+    write_parquet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,33 +136,28 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
                       f"{staging}/_all_relations", fs, RELATION_SCHEMA, cfg.rows_per_file)
 
     import ray.data
-    from ray.data.expressions import col
 
-    concepts = ray.data.read_parquet(f"{staging}/concepts", filesystem=fs)
-    n_concepts = concepts.count()
-    counts["concepts_without_english_name"] = n_concepts - concepts.filter(
-        expr=col("preferred_name_language") == "en").count()  # left out of English phases
+    n_concepts = count_rows(f"{staging}/concepts", fs)
+    counts["concepts_without_english_name"] = n_concepts - count_rows(
+        f"{staging}/concepts", fs, pc.field("preferred_name_language") == "en")
     if n_concepts == 0:
         raise KGFormatError(cfg.path or cfg.describe(), "no concepts were read (check "
                             "kg.languages and kg.vocabularies)")
+    # The kept concept ids, broadcast to drop relations whose head or tail is not one of them
+    # (one map; hash joins would shuffle the relations twice).
+    ids = pq.read_table(f"{staging}/concepts", filesystem=fs, columns=["concept_id"])
     if len(cfg.source_list()) > 1:
-        ids = pq.read_table(f"{staging}/concepts", filesystem=fs, columns=["concept_id"])
         sources = pc.list_element(pc.split_pattern(ids["concept_id"], ":", max_splits=1), 0)
         counts["concepts_by_source"] = {
             row["values"]: row["counts"]
             for row in pc.value_counts(sources.combine_chunks()).to_pylist()}
-    all_relations = ray.data.read_parquet(f"{staging}/_all_relations", filesystem=fs)
-    n_all_relations = all_relations.count()
-    ids = concepts.select_columns(["concept_id"])
-    kept = all_relations
+    n_all_relations = count_rows(f"{staging}/_all_relations", fs)
+    kept = ray.data.read_parquet(f"{staging}/_all_relations", filesystem=fs)
     for end in ("head_id", "tail_id"):
-        kept = kept.join(ids, "left_semi", num_partitions=cfg.shuffle_partitions,
-                         on=(end,), right_on=("concept_id",))
-    # polars (behind Dataset.join) widens strings to large_string; keep the declared schema.
-    write_parquet(kept.map_batches(_cast_relations, batch_format="pyarrow"),
-                  f"{staging}/relations", fs, RELATION_SCHEMA, cfg.rows_per_file)
+        kept = lookup_join(kept, ids, on=[end], right_on=["concept_id"], how="left_semi")
+    write_parquet(kept, f"{staging}/relations", fs, RELATION_SCHEMA, cfg.rows_per_file)
     fs.delete_dir(f"{staging}/_all_relations")
-    n_relations = ray.data.read_parquet(f"{staging}/relations", filesystem=fs).count()
+    n_relations = count_rows(f"{staging}/relations", fs)
     sliced = any(s.max_concepts is not None for s in [cfg, *cfg.sources])
     dropped = "relations_outside_slice" if sliced else "dangling_relations"
     counts.update(concepts=n_concepts, relations=n_relations,
@@ -171,10 +174,6 @@ def _dedupe_relations(relations, num_partitions: int):
 
     return relations.groupby(["head_id", "relation", "tail_id"], num_partitions=num_partitions) \
         .aggregate(Min("source", alias_name="source"))
-
-
-def _cast_relations(batch: pa.Table) -> pa.Table:
-    return batch.select(RELATION_SCHEMA.names).cast(RELATION_SCHEMA)
 
 
 def english_concepts(run_dir: RunDir):

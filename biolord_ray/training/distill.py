@@ -179,11 +179,32 @@ def base_score(cfg: PipelineConfig, run_dir: RunDir) -> float:
 
     if not cfg.distill.validation_suites:
         return math.nan
+    scored = _contrastive_base_score(cfg, run_dir)
+    if scored is not None:
+        return scored
     model = load_sentence_model(sentence_model_dir(
         cfg.distill.base_model, cfg.models.cache_dir, cfg.models.trust_remote_code),
         trust_remote_code=cfg.models.trust_remote_code)
     suite = build_suite(cfg.eval, cfg.distill.validation_suites, run_dir, fast=True)
     return main_score(suite.run(model, Embedder(model)))
+
+
+def _contrastive_base_score(cfg: PipelineConfig, run_dir: RunDir) -> float | None:
+    """The same model on the same suite, already scored as step 0 of the contrastive run's
+    validation curve (its history), when both phases start from one base model."""
+    import pandas as pd
+
+    from biolord_ray.training import contrastive
+
+    record = run_dir.stage_record(contrastive.STAGE)
+    if (not record or record["status"] != "complete"
+            or cfg.contrastive.base_model != cfg.distill.base_model
+            or cfg.contrastive.validation_suites != cfg.distill.validation_suites):
+        return None
+    with run_dir.fs.open_input_stream(run_dir.output(contrastive.STAGE, "history")) as f:
+        history = pd.read_csv(f)
+    first = history.iloc[0]
+    return float(first[loop.SCORE]) if first["step"] == 0 else None
 
 
 def export_trials(cfg: PipelineConfig, run_dir: RunDir, staging: str, grid,

@@ -171,6 +171,7 @@ def fit(phase: Phase, tcfg: TrainConfig, models: ModelsConfig, datasets: dict, s
 # On each Ray Train worker
 
 def train_loop_per_worker(config: dict) -> None:
+    started = time.time()
     import deepspeed
     import ray.train
     import ray.train.torch
@@ -178,7 +179,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from biolord_ray.evaluation.embed import load_sentence_model, sentence_model_dir
 
-    started = time.time()
+    imported = time.time()
     phase: Phase = config["phase"]
     tcfg: TrainConfig = config["train"]
     models: ModelsConfig = config["models"]
@@ -193,14 +194,16 @@ def train_loop_per_worker(config: dict) -> None:
                                 trust_remote_code=models.trust_remote_code)
     model.max_seq_length = tcfg.max_seq_length
     loss_module = phase.make_loss(model, tcfg)
+    loaded = time.time()
     engine, *_ = deepspeed.initialize(
         model=loss_module, model_parameters=[p for p in loss_module.parameters()
                                              if p.requires_grad],
         config=deepspeed_config(tcfg, world_size, total_steps))
     collate = phase.make_collate(model)
     run = _Run(engine, model, collate, tcfg, config, rank, world_size, device)
-    run.print(f"worker ready in {time.time() - started:.1f} s (model loaded, DeepSpeed "
-              "initialised)")
+    run.print(f"worker ready in {time.time() - started:.1f} s (imports "
+              f"{imported - started:.1f} s, model {loaded - imported:.1f} s, DeepSpeed "
+              f"{time.time() - loaded:.1f} s)")
 
     state = LoopState()
     checkpoint = ray.train.get_checkpoint()

@@ -18,12 +18,20 @@ import logging
 
 import pyarrow as pa
 
+from biolord_ray.broadcast import lookup_join
 from biolord_ray.config import PipelineConfig
 from biolord_ray.definitions import generate
 from biolord_ray.definitions.prompts import relation_label, with_facts
 from biolord_ray.evaluation import kg_sets
 from biolord_ray.kg import ingest
-from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
+from biolord_ray.run_dir import (
+    RunDir,
+    StageOutputs,
+    count_distinct,
+    count_rows,
+    run_stage,
+    write_parquet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,29 +105,27 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     rows = with_facts(concepts, concepts, relations, dcfg.max_parents, dcfg.max_relations,
                       dcfg.max_targets, parts)
     if uses_generated_definitions(cfg, run_dir):
-        generated = ray.data.read_parquet(run_dir.output(generate.STAGE, "definitions"),
-                                          filesystem=fs) \
-            .filter(lambda r: r["valid"] or pcfg.keep_invalid_definitions) \
-            .select_columns(["concept_id", "definition"]) \
-            .rename_columns({"concept_id": "generated_id", "definition": "generated"})
-        if generated.count():
-            rows = rows.join(generated, "left_outer", num_partitions=parts,
-                             on=("concept_id",), right_on=("generated_id",))
+        # At most one per concept, and only for the concepts defined: broadcast.
+        generated = generate.read_definitions(
+            run_dir, valid_only=not pcfg.keep_invalid_definitions) \
+            .select(["concept_id", "definition"]).rename_columns(["concept_id", "generated"])
+        if generated.num_rows:
+            rows = lookup_join(rows, generated, on=["concept_id"])
     pairs = rows.map_batches(make_pairs, batch_format="pyarrow", fn_kwargs={
         "max_per_concept": pcfg.max_pairs_per_concept, "seed": pcfg.seed,
         "use_descriptions": pcfg.descriptions})
     # Materialised once: both splits read it (lazily, the joins above would run twice).
-    pairs = _without_held_out(pairs, run_dir, parts).materialize()
+    pairs = _without_held_out(pairs, run_dir).materialize()
     in_validation = _validation_filter(pcfg.validation_fraction, pcfg.seed)
     split = {"train": pairs.filter(lambda r: not in_validation(r["concept_id"])),
              "validation": pairs.filter(lambda r: in_validation(r["concept_id"]))}
-    counts = {}
     for name, ds in split.items():
         write_parquet(ds.random_shuffle(seed=pcfg.seed), f"{staging}/{name}", fs, PAIR_SCHEMA,
                       cfg.kg.rows_per_file)
-        written = ray.data.read_parquet(f"{staging}/{name}", filesystem=fs)
-        counts[f"{name}_pairs"] = written.count()
-        counts[f"{name}_concepts"] = len(written.unique("concept_id"))
+    counts = {}
+    for name in split:
+        counts[f"{name}_pairs"] = count_rows(f"{staging}/{name}", fs)
+        counts[f"{name}_concepts"] = count_distinct(f"{staging}/{name}", fs, "concept_id")
     log.info("build_pairs: %s", counts)
     return StageOutputs(outputs={"train": "train", "validation": "validation"}, counts=counts)
 
@@ -128,19 +134,24 @@ def _validation_filter(fraction: float, seed: int):
     return lambda concept_id: kg_sets.draw(seed, concept_id, "validation") < fraction
 
 
-def _without_held_out(pairs, run_dir: RunDir, parts: int):
+def _without_held_out(pairs, run_dir: RunDir):
     """Drop pairs whose name (in any case or word order) or definition is held out for
-    evaluation, with anti-joins; returns PAIR_SCHEMA rows."""
-    import ray.data
+    evaluation (broadcast anti-joins: held-out texts are a small share of the KG's);
+    returns PAIR_SCHEMA rows."""
+    import pyarrow.parquet as pq
 
     fs = run_dir.fs
-    names = ray.data.read_parquet(run_dir.output(kg_sets.STAGE, "names"), filesystem=fs) \
-        .filter(lambda r: r["held_out"]) \
-        .map(lambda r: {"concept_id": r["concept_id"], "text": kg_sets.normalise(r["text"])})
-    definitions = ray.data.read_parquet(run_dir.output(kg_sets.STAGE, "definitions"),
-                                        filesystem=fs).select_columns(["concept_id", "text"])
+    names = pq.read_table(run_dir.output(kg_sets.STAGE, "names"), filesystem=fs,
+                          columns=["concept_id", "text", "held_out"])
+    names = names.filter(names["held_out"])
+    names = pa.table({"concept_id": names["concept_id"],
+                      "text": pa.array([kg_sets.normalise(t) for t in names["text"].to_pylist()],
+                                       pa.string())})
+    definitions = pq.read_table(run_dir.output(kg_sets.STAGE, "definitions"), filesystem=fs,
+                                columns=["concept_id", "text"])
     for held, column in ((names, "anchor_key"), (definitions, "positive")):
-        if held.count():
-            pairs = pairs.join(held, "left_anti", num_partitions=parts,
-                               on=("concept_id", column), right_on=("concept_id", "text"))
+        held = held.group_by(["concept_id", "text"]).aggregate([])  # keys once
+        if held.num_rows:
+            pairs = lookup_join(pairs, held, on=["concept_id", column],
+                                right_on=["concept_id", "text"], how="left_anti")
     return pairs.select_columns(PAIR_SCHEMA.names)

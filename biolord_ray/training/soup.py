@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -40,11 +40,44 @@ SINGLE_SUBDIR = "model_s"
 # ---------------------------------------------------------------------------------------
 # Averaging and selection
 
-def average_state_dicts(states: list[dict]) -> dict:
+class SafetensorsWeights(Mapping):
+    """The tensors of one or more ``*.safetensors`` files, read one at a time on access.
+
+    Averaging or comparing a dozen ingredients then holds one tensor of each at once, not a
+    dozen models (12 mpnet trials are 5 GB in float32)."""
+
+    def __init__(self, files: list[str]):
+        from safetensors import safe_open
+
+        if not files:
+            raise ValueError("no *.safetensors weights")
+        self._handles = [safe_open(f, framework="pt") for f in files]
+        self._where = {k: h for h in self._handles for k in h.keys()}
+
+    @classmethod
+    def of_model(cls, folder: str) -> SafetensorsWeights:
+        """The transformer's weights in a model directory (one file, or a sharded model's)."""
+        files = sorted(str(f) for f in Path(folder).glob("*.safetensors"))
+        if not files:
+            raise ValueError(f"{folder}: no *.safetensors weights")
+        return cls(files)
+
+    def __getitem__(self, key: str):
+        return self._where[key].get_tensor(key)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def average_state_dicts(states: list[Mapping]) -> dict:
     """Parameter-wise mean of state dicts with the same keys and shapes.
 
     Floating tensors are summed in float64 and divided once, then cast back; other tensors
-    (integer buffers such as position ids) must be equal in every ingredient."""
+    (integer buffers such as position ids) must be equal in every ingredient. Works key by
+    key, so lazily read states (``SafetensorsWeights``) cost one tensor each at a time."""
     import torch
 
     if not states:
@@ -55,10 +88,11 @@ def average_state_dicts(states: list[dict]) -> dict:
             raise ValueError(f"ingredient {i} has different parameters: "
                              f"{sorted(keys ^ set(state))[:5]}")
     averaged = {}
-    for key, first in states[0].items():
+    for key in states[0]:
+        first = states[0][key]
         if first.is_floating_point():
-            total = torch.zeros(first.shape, dtype=torch.float64)
-            for state in states:
+            total = first.to(torch.float64, copy=True)
+            for state in states[1:]:
                 total += state[key].to(torch.float64)
             averaged[key] = (total / len(states)).to(first.dtype)
         else:
@@ -72,55 +106,62 @@ def average_models(model_dirs: list[str], out_dir: str) -> str:
     """Average sentence-transformers model directories (every ``*.safetensors`` file: the
     transformer and any module with weights) into ``out_dir``; the rest (tokenizer, pooling,
     configs) is copied from the first ingredient."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     shutil.copytree(model_dirs[0], out_dir, dirs_exist_ok=True)
     weight_files = sorted(p.relative_to(out_dir) for p in Path(out_dir).rglob("*.safetensors"))
     if not weight_files:
         raise ValueError(f"{model_dirs[0]}: no *.safetensors weights to average")
     for rel in weight_files:
-        states = [load_file(os.path.join(d, rel)) for d in model_dirs]
+        states = [SafetensorsWeights([os.path.join(d, rel)]) for d in model_dirs]
         save_file(average_state_dicts(states), os.path.join(out_dir, rel),
                   metadata={"format": "pt"})
     (Path(out_dir) / "README.md").unlink(missing_ok=True)  # the first ingredient's card
     return out_dir
 
 
-def ingredient_spread(start: dict, states: dict[str, dict]) -> dict:
+SPREAD_CHUNK = 1 << 22  # parameters per trial compared at once (32 MB each in float64)
+
+
+def ingredient_spread(start: Mapping, states: dict[str, Mapping]) -> dict:
     """How far apart the soup's ingredients are: each one's update (its weights minus the
     ``start`` they were all trained from) as a share of the start's norm, and the cosine
     between every two updates. A soup can only add where the ingredients differ: updates
-    that are small and nearly parallel average to about any one of them."""
+    that are small and nearly parallel average to about any one of them.
+
+    Accumulates the updates' Gram matrix chunk by chunk of each parameter, so memory is one
+    chunk per trial whatever the model's size."""
     import torch
 
+    names = list(states)
     # Floating parameters every ingredient has (a buffer the start alone saves is no weight).
-    keys = [k for k, v in start.items()
-            if v.is_floating_point() and all(k in state for state in states.values())]
-
-    def flat(state: dict) -> torch.Tensor:
-        return torch.cat([state[k].to(torch.float64).flatten() for k in keys])
-
-    origin = flat(start)
-    updates = {name: flat(state) - origin for name, state in states.items()}
-    names = list(updates)
-    cosines = [float(torch.nn.functional.cosine_similarity(updates[a], updates[b], dim=0))
-               for i, a in enumerate(names) for b in names[i + 1:]]
-    return {"update_share": {n: float(u.norm() / origin.norm()) for n, u in updates.items()},
+    keys = [k for k in start if all(k in state for state in states.values())]
+    gram = torch.zeros(len(names), len(names), dtype=torch.float64)
+    origin_sq = torch.zeros((), dtype=torch.float64)
+    for key in keys:
+        origin = start[key]
+        if not origin.is_floating_point():
+            continue
+        origin = origin.to(torch.float64).flatten()
+        trials = [states[n][key].flatten() for n in names]
+        for lo in range(0, origin.numel(), SPREAD_CHUNK):
+            piece = origin[lo:lo + SPREAD_CHUNK]
+            updates = torch.stack([t[lo:lo + SPREAD_CHUNK].to(torch.float64) - piece
+                                   for t in trials])
+            gram += updates @ updates.T
+            origin_sq += piece @ piece
+    norms = gram.diagonal().sqrt()
+    cosines = [float(gram[i, j] / (norms[i] * norms[j]).clamp_min(1e-300))
+               for i in range(len(names)) for j in range(i + 1, len(names))]
+    return {"update_share": {n: float(norms[i] / origin_sq.sqrt()) for i, n in enumerate(names)},
             "update_cosine_min": min(cosines, default=None),
             "update_cosine_mean": sum(cosines) / len(cosines) if cosines else None}
 
 
 def _spread_of(base_dir: str, trial_dirs: dict[str, str]) -> dict:
     """``ingredient_spread`` of model directories (the transformer's weights)."""
-    from safetensors.torch import load_file
-
-    def weights(folder: str) -> dict:
-        files = sorted(Path(folder).glob("*.safetensors"))  # one file, or a sharded model's
-        if not files:
-            raise ValueError(f"{folder}: no *.safetensors weights")
-        return {k: v for f in files for k, v in load_file(str(f)).items()}
-
-    return ingredient_spread(weights(base_dir), {n: weights(d) for n, d in trial_dirs.items()})
+    return ingredient_spread(SafetensorsWeights.of_model(base_dir),
+                             {n: SafetensorsWeights.of_model(d) for n, d in trial_dirs.items()})
 
 
 def greedy_soup(ingredients: list[str], score: Callable[[list[str]], float]) -> list[dict]:

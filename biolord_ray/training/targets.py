@@ -4,30 +4,40 @@ For each concept of the training pairs, the teacher (by default this run's contr
 embeds the concept's distinct names and definitions; the concept's target is the normalised
 mean of those embeddings, and every one of those texts gets it as its regression target.
 
-A Ray Data pipeline, streaming on any cluster size:
-pairs -> group by concept (distinct texts) -> teacher encoder actors (``map_batches``)
--> group by concept (mean, normalise) -> Parquet, per split (train, validation).
+A Ray Data pipeline, streaming on any cluster size, both splits at once:
+pairs -> hash-partitioned by concept (one shuffle) -> one row per concept with its distinct
+texts -> teacher encoder actors (``map_batches``: each call gets whole concepts, so it
+averages them itself) -> Parquet, per split (train, validation).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from biolord_ray.config import PipelineConfig
-from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
+from biolord_ray.run_dir import (
+    RunDir,
+    StageOutputs,
+    count_distinct,
+    count_rows,
+    run_stage,
+    write_parquet,
+)
 from biolord_ray.training import contrastive, pairs
 
 log = logging.getLogger(__name__)
 
 STAGE = "teacher_targets"
 SPLITS = ("train", "validation")
-# Texts per encoder call. sentence-transformers sorts each call's texts by length before
-# batching, and rows arrive grouped by concept (short names beside long definitions), so
-# large calls pad far less: 2048 rows encoded 1.9x faster than 256 on the embedded default.
-ENCODER_CALL_ROWS = 2048
+# Concepts per encoder call (about 4 texts each). sentence-transformers sorts each call's
+# texts by length before batching, so large calls pad far less: 2048 texts per call encoded
+# 1.9x faster than 256 on the embedded default.
+CONCEPTS_PER_CALL = 512
 
 
 def target_schema(dim: int) -> pa.Schema:
@@ -56,37 +66,47 @@ def teacher_dir(cfg: PipelineConfig, run_dir: RunDir) -> str:
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import ray.data
+    from ray.data.expressions import col
 
     check_room_for_shuffles(cfg.targets)
     model_dir = teacher_dir(cfg, run_dir)
+    fs = run_dir.fs
     counts = {"teacher": model_dir}
-    schema = None  # the target width is the teacher's embedding size, seen in its output
+    splits = []
     for split in SPLITS:
         path = run_dir.output(pairs.STAGE, split)
-        source = ray.data.read_parquet(path, filesystem=run_dir.fs)
-        if source.count() == 0:  # Ray Data's shuffle (groupby) fails on an empty input
-            if schema is None:
+        if count_rows(path, fs) == 0:
+            if split == "train":
                 raise ValueError(f"{path}: no training pairs, nothing to distill")
-            write_parquet(ray.data.from_arrow(schema.empty_table()), f"{staging}/{split}",
-                          run_dir.fs, schema)
-            counts[f"{split}_texts"] = counts[f"{split}_concepts"] = 0
             continue
+        source = ray.data.read_parquet(path, filesystem=fs)
         if cfg.targets.max_concepts is not None:
-            source = _sampled_concepts(source, path, run_dir.fs, cfg.targets)
-        targets = teacher_targets(source, model_dir, cfg.targets).materialize()
-        schema = schema or target_schema(len(targets.take(1)[0]["target"]))
-        write_parquet(targets, f"{staging}/{split}", run_dir.fs, schema)
-        counts[f"{split}_texts"] = targets.count()
-        counts[f"{split}_concepts"] = len(targets.unique("concept_id"))
+            source = _sampled_concepts(source, path, fs, cfg.targets)
+        splits.append(source.map_batches(_tagged, batch_format="pyarrow",
+                                         fn_kwargs={"split": split}))
+    # Both splits in one pass: one shuffle and one start of the encoder actors. Materialised
+    # (spilled to disk when large) so that writing each split reads it, not the pipeline.
+    targets = teacher_targets(splits[0].union(*splits[1:]), model_dir, cfg.targets) \
+        .materialize()
+    schema = target_schema(targets.schema().base_schema.field("target").type.list_size)
+    for split in SPLITS:
+        rows = targets.filter(expr=col("split") == split).drop_columns(["split"])
+        write_parquet(rows, f"{staging}/{split}", fs, schema)
+        counts[f"{split}_texts"] = count_rows(f"{staging}/{split}", fs)
+        counts[f"{split}_concepts"] = count_distinct(f"{staging}/{split}", fs, "concept_id")
         log.info("%s: %d texts of %d concepts", split, counts[f"{split}_texts"],
                  counts[f"{split}_concepts"])
     return StageOutputs(outputs={s: s for s in SPLITS}, counts=counts)
 
 
+def _tagged(batch: pa.Table, split: str) -> pa.Table:
+    return batch.select(["concept_id", "anchor", "positive", "kind"]).append_column(
+        "split", pa.array([split] * batch.num_rows, pa.string()))
+
+
 def _sampled_concepts(pair_rows, path: str, fs, tcfg):
     """The pairs of ``tcfg.max_concepts`` concepts, those with the lowest seeded hash of their
     id (``kg_sets.draw``): a sample spread over the whole KG, the same on every rerun."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from biolord_ray.evaluation.kg_sets import draw
@@ -100,8 +120,9 @@ def _sampled_concepts(pair_rows, path: str, fs, tcfg):
 
 
 def check_room_for_shuffles(tcfg) -> None:
-    """CPU encoder actors hold their CPUs while the group-by after them waits for a free one:
-    with every CPU taken the stage would hang, so refuse to start it."""
+    """CPU encoder actors start with the pipeline and hold their CPUs while the shuffle before
+    them waits for a free one: with every CPU taken the stage would hang, so refuse to start
+    it."""
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 0)
@@ -113,42 +134,77 @@ def check_room_for_shuffles(tcfg) -> None:
 
 
 def teacher_targets(pair_rows, model_dir: str, tcfg):
-    """Ray Dataset of pairs (``pairs.PAIR_SCHEMA``) -> Ray Dataset of ``target_schema`` rows."""
+    """Ray Dataset of pairs (``pairs.PAIR_SCHEMA``, optionally with a ``split`` column kept
+    as is) -> Ray Dataset of ``target_schema`` rows (and ``split``)."""
     import ray.data
 
-    from biolord_ray.evaluation.embed import EncoderActor
-
     kinds = ["definition", "description"] if tcfg.include_descriptions else ["definition"]
-    texts = pair_rows.groupby("concept_id", num_partitions=tcfg.shuffle_partitions).map_groups(
-        lambda group: concept_texts(group, kinds), batch_format="pyarrow")
-    embedded = texts.map_batches(
-        EncoderActor, fn_constructor_kwargs={"model_dir": model_dir,
-                                             "batch_size": tcfg.batch_size},
-        batch_size=ENCODER_CALL_ROWS, compute=ray.data.ActorPoolStrategy(size=tcfg.concurrency),
-        num_gpus=tcfg.num_gpus, num_cpus=None if tcfg.num_gpus else 1, batch_format="numpy")
-    return embedded.groupby("concept_id", num_partitions=tcfg.shuffle_partitions).map_groups(
-        concept_targets, batch_format="numpy")
+    texts = pair_rows.repartition(tcfg.shuffle_partitions, keys=["concept_id"]) \
+        .map_batches(concept_texts, batch_size=None, batch_format="pyarrow",
+                     fn_kwargs={"kinds": kinds})
+    return texts.map_batches(
+        TargetEncoder, fn_constructor_kwargs={"model_dir": model_dir,
+                                              "batch_size": tcfg.batch_size},
+        batch_size=CONCEPTS_PER_CALL, compute=ray.data.ActorPoolStrategy(size=tcfg.concurrency),
+        num_gpus=tcfg.num_gpus, num_cpus=None if tcfg.num_gpus else 1, batch_format="pyarrow")
 
 
-def concept_texts(group: pa.Table, kinds: list[str]) -> pa.Table:
-    """One concept's pairs -> its distinct names and definitions (each text once)."""
-    concept = group["concept_id"][0].as_py() if group.num_rows else None
-    rows = dict.fromkeys((text, "name") for text in group["anchor"].to_pylist())
-    for text, kind in zip(group["positive"].to_pylist(), group["kind"].to_pylist(), strict=True):
-        if kind in kinds and (text, "name") not in rows:
-            rows.setdefault((text, kind))
-    return pa.table({"concept_id": [concept] * len(rows), "text": [t for t, _ in rows],
-                     "kind": [k for _, k in rows]})
+def concept_texts(block: pa.Table, kinds: list[str]) -> pa.Table:
+    """Pairs, every pair of a concept in this block -> one row per concept: its distinct names
+    and definitions (``texts``, each once; names first) and their ``kinds``.
+
+    Python over the rows of the whole block, not a call per concept (see
+    ``prompts.collect_facts``)."""
+    extra = ["split"] if "split" in block.column_names else []
+    block = block.sort_by("concept_id")
+    columns = [block[c].to_pylist() for c in ("concept_id", "anchor", "positive", "kind",
+                                               *extra)]
+    out = {"concept_id": [], "texts": [], "kinds": [], **{c: [] for c in extra}}
+    for concept, rows in itertools.groupby(zip(*columns, strict=True), key=lambda r: r[0]):
+        rows = list(rows)
+        texts = dict.fromkeys((row[1], "name") for row in rows)
+        for _, _, text, kind, *_ in rows:
+            if kind in kinds and (text, "name") not in texts:
+                texts.setdefault((text, kind))
+        out["concept_id"].append(concept)
+        out["texts"].append([text for text, _ in texts])
+        out["kinds"].append([kind for _, kind in texts])
+        for i, name in enumerate(extra):
+            out[name].append(rows[0][4 + i])
+    return pa.table(out)
 
 
-def concept_targets(group: dict[str, np.ndarray]) -> pa.Table:
-    """One concept's embedded texts -> the same texts, each with the concept's target."""
-    n = len(group["text"])
-    mean = np.asarray(group["embedding"], dtype=np.float64).reshape(n, -1).mean(axis=0)
-    target = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
-    return pa.table({
-        "concept_id": pa.array(group["concept_id"], pa.string()),
-        "text": pa.array(group["text"], pa.string()),
-        "kind": pa.array(group["kind"], pa.string()),
-        "target": pa.FixedSizeListArray.from_arrays(np.tile(target, n), len(target)),
-    })
+class TargetEncoder:
+    """A Ray Data actor holding the teacher: concepts (rows of ``concept_texts``) in, one row
+    per text with its concept's target out."""
+
+    def __init__(self, model_dir: str, batch_size: int):
+        from biolord_ray.evaluation.embed import EncoderActor
+
+        self.encoder = EncoderActor(model_dir, batch_size)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = batch["texts"].combine_chunks()
+        vectors = self.encoder({"text": np.asarray(texts.flatten().to_pylist(),
+                                                   dtype=object)})["embedding"]
+        lengths = texts.value_lengths().to_numpy()
+        targets = concept_means(vectors, lengths)
+        of_text = np.repeat(np.arange(len(batch)), lengths)  # each text's concept row
+        out = {"concept_id": pc.take(batch["concept_id"], of_text), "text": texts.flatten(),
+               "kind": batch["kinds"].combine_chunks().flatten(),
+               "target": pa.FixedSizeListArray.from_arrays(
+                   np.repeat(targets, lengths, axis=0).ravel(), targets.shape[1])}
+        for name in batch.column_names:  # e.g. the split
+            if name not in ("concept_id", "texts", "kinds"):
+                out[name] = pc.take(batch[name], of_text)
+        return pa.table(out)
+
+
+def concept_means(vectors: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Unit-length mean of each run of ``lengths`` consecutive rows of ``vectors`` (float64
+    sums), as float32."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    sums = np.add.reduceat(vectors.astype(np.float64), starts, axis=0)
+    means = sums / lengths[:, None]
+    norms = np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    return (means / norms).astype(np.float32)
