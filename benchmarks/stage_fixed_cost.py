@@ -16,7 +16,7 @@ The bare baseline, measured in the same instance: a Ray Data round trip (``from_
 ``map_batches`` -> ``materialize``) of one row: each intercept is also printed as a multiple
 of it.
 
-    .venv/bin/python benchmarks/stage_fixed_cost.py [--large 3000] [--out DIR]
+    .venv/bin/python benchmarks/stage_fixed_cost.py [--large 20000] [--out DIR]
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def markdown(results: list[dict], bare: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--large", type=int, default=3000, help="concepts of the large input")
+    parser.add_argument("--large", type=int, default=20000, help="concepts of the large input")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
 

@@ -170,7 +170,8 @@ def _write_prompts(cfg: PipelineConfig, run_dir: RunDir, path: str) -> tuple[str
     dcfg = cfg.definitions
     concepts = ingest.english_concepts(run_dir)
     relations = ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations"), filesystem=fs)
-    dataset = prompt_dataset(concepts, relations, dcfg, cfg.kg.shuffle_partitions)
+    dataset = prompt_dataset(concepts, relations, dcfg, cfg.kg.shuffle_partitions,
+                             ingest.english_names(run_dir))
     write_parquet(dataset, path, fs, PROMPT_SCHEMA, cfg.kg.rows_per_file)
     selected = len(_ids(fs, path))
     # Counting the candidates costs one more pass over the concepts, only needed under a cap.

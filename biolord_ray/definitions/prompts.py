@@ -117,18 +117,22 @@ def candidate_concepts(concepts, cfg: DefinitionsConfig):
         if cfg.only_missing else concepts
 
 
-def prompt_dataset(concepts, relations, cfg: DefinitionsConfig, num_partitions: int):
-    """Lazy Ray Dataset of prompts (PROMPT_SCHEMA) for the concepts ``cfg`` selects."""
+def prompt_dataset(concepts, relations, cfg: DefinitionsConfig, num_partitions: int,
+                   names: pa.Table | None = None):
+    """Lazy Ray Dataset of prompts (PROMPT_SCHEMA) for the concepts ``cfg`` selects
+    (``names``: see ``with_facts``)."""
     selected = select_concepts(candidate_concepts(concepts, cfg), cfg)
     joined = with_facts(selected, concepts, relations, cfg.max_parents, cfg.max_relations,
-                        cfg.max_targets, num_partitions)
+                        cfg.max_targets, num_partitions, names)
     return joined.map_batches(build_prompts, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
 
 
 def with_facts(selected, concepts, relations, max_parents: int, max_relations: int,
-               max_targets: int, num_partitions: int):
+               max_targets: int, num_partitions: int, names: pa.Table | None = None):
     """``selected`` concepts with two more columns, ``relations`` and ``targets`` (their
-    sorted, capped facts; see ``collect_facts``); target names come from ``concepts``.
+    sorted, capped facts; see ``collect_facts``); target names come from ``names``
+    (``concept_id``, ``preferred_name``; a stage reads them from its Parquet input), else
+    from the ``concepts`` dataset.
 
     Target names are looked up in a broadcast table of names (one row per concept); the
     relations are then hash-partitioned by head, so each block holds every fact of its
@@ -139,8 +143,11 @@ def with_facts(selected, concepts, relations, max_parents: int, max_relations: i
         # Ray Data's hash join fails on an input without rows (it loses the schema); with no
         # relations there are no facts to gather anyway.
         return selected
-    names = concepts.select_columns(["concept_id", "preferred_name"]).to_arrow_refs()
-    names = pa.concat_tables(ray.get(names)).rename_columns(["tail_id", "tail_name"])
+    if names is None:
+        names = pa.concat_tables(ray.get(concepts.select_columns(
+            ["concept_id", "preferred_name"]).to_arrow_refs()))
+    names = names.select(["concept_id", "preferred_name"]).rename_columns(
+        ["tail_id", "tail_name"])
     facts = lookup_join(relations.select_columns(["head_id", "relation", "tail_id"]), names,
                         on=["tail_id"], how="inner") \
         .repartition(num_partitions, keys=["head_id"]) \

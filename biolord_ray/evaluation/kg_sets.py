@@ -112,13 +112,17 @@ def held_out_definitions(batch: pa.Table, fraction: float, seed: int) -> pa.Tabl
     return pa.table(rows, schema=DEFINITIONS_SCHEMA)
 
 
-def _is_a_edges(batch: pa.Table, seed: int, below: float) -> pa.Table:
+def _is_a_edges(batch: pa.Table, seed: int, keep: int | None) -> pa.Table:
+    """The block's is_a edges with their seeded draw; with ``keep``, only the ``keep`` lowest
+    draws (the global lowest are among the union of every block's lowest)."""
     edges = batch.filter(pc.equal(batch["relation"], IS_A))
     draws = [draw(seed, h, t) for h, t in zip(edges["head_id"].to_pylist(),
                                               edges["tail_id"].to_pylist(), strict=True)]
     edges = pa.table([edges["head_id"], edges["tail_id"], pa.array(draws, pa.float64())],
                      schema=EDGE_SCHEMA)
-    return edges.filter(pc.less(edges["draw"], below))
+    if keep is not None and edges.num_rows > keep:
+        edges = edges.take(pc.select_k_unstable(edges, keep, [("draw", "ascending")]))
+    return edges
 
 
 def _build(cfg: EvalConfig, run_dir: RunDir, staging: str) -> StageOutputs:
@@ -132,7 +136,7 @@ def _build(cfg: EvalConfig, run_dir: RunDir, staging: str) -> StageOutputs:
         "fraction": cfg.holdout_fraction, "seed": cfg.seed})
     write_parquet(definitions, f"{staging}/definitions", fs, DEFINITIONS_SCHEMA)
 
-    hierarchy = _hierarchy_pairs(cfg, run_dir, concepts)
+    hierarchy = _hierarchy_pairs(cfg, run_dir)
     fs.create_dir(f"{staging}/hierarchy")
     with fs.open_output_stream(f"{staging}/hierarchy/pairs.parquet") as f:
         pq.write_table(hierarchy, f)
@@ -151,7 +155,7 @@ def _build(cfg: EvalConfig, run_dir: RunDir, staging: str) -> StageOutputs:
                                  "hierarchy": "hierarchy"}, counts=counts)
 
 
-def _hierarchy_pairs(cfg: EvalConfig, run_dir: RunDir, concepts) -> pa.Table:
+def _hierarchy_pairs(cfg: EvalConfig, run_dir: RunDir) -> pa.Table:
     """Up to ``max_hierarchy_pairs`` is_a pairs and as many random pairs.
 
     A random pair joins a sampled child with the parent of another sampled pair (a seeded
@@ -164,14 +168,10 @@ def _hierarchy_pairs(cfg: EvalConfig, run_dir: RunDir, concepts) -> pa.Table:
     relations = ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations"),
                                       filesystem=run_dir.fs) \
         .select_columns(["head_id", "relation", "tail_id"])
-    below = 1.0
-    if cfg.max_hierarchy_pairs is not None:
-        # Two streaming passes: count is_a edges, then keep a hash-chosen 2x oversample.
-        n_is_a = relations.map_batches(_is_a_edges, batch_format="pyarrow", fn_kwargs={
-            "seed": cfg.seed, "below": 1.0}).count()
-        below = min(1.0, 2.0 * cfg.max_hierarchy_pairs / max(n_is_a, 1))
+    # One pass: each block keeps its lowest draws, the driver the lowest of those (memory:
+    # max_hierarchy_pairs rows per block).
     sampled = relations.map_batches(_is_a_edges, batch_format="pyarrow", fn_kwargs={
-        "seed": cfg.seed, "below": below}).to_arrow_refs()
+        "seed": cfg.seed, "keep": cfg.max_hierarchy_pairs}).to_arrow_refs()
     edges = pa.concat_tables(ray.get(sampled) or [EDGE_SCHEMA.empty_table()])
     edges = edges.sort_by("draw").slice(0, cfg.max_hierarchy_pairs)
     if edges.num_rows < 2:
@@ -186,7 +186,7 @@ def _hierarchy_pairs(cfg: EvalConfig, run_dir: RunDir, concepts) -> pa.Table:
         if other != head and (head, other) not in known and (other, head) not in known:
             pairs.append((head, other, 0))
     ids = sorted({p[0] for p in pairs} | {p[1] for p in pairs})
-    names = dict(_preferred_names(concepts, ids))
+    names = dict(_preferred_names(run_dir, ids))
     pairs = [p for p in pairs if p[0] in names and p[1] in names]
     return pa.table({"id_1": [p[0] for p in pairs], "id_2": [p[1] for p in pairs],
                      "text_1": [names[p[0]] for p in pairs],
@@ -194,13 +194,15 @@ def _hierarchy_pairs(cfg: EvalConfig, run_dir: RunDir, concepts) -> pa.Table:
                      "label": [p[2] for p in pairs]}, schema=HIERARCHY_SCHEMA)
 
 
-def _preferred_names(concepts, ids: list[str]) -> list[tuple[str, str]]:
-    def pick(batch: pa.Table) -> pa.Table:
-        return batch.filter(pc.is_in(batch["concept_id"], pa.array(ids, pa.string()))) \
-            .select(["concept_id", "preferred_name"])
+def _preferred_names(run_dir: RunDir, ids: list[str]) -> list[tuple[str, str]]:
+    """The English preferred names of ``ids`` (a few hundred), read with a pushed-down
+    filter: no Ray Data pass for them."""
+    import pyarrow.dataset as pads
 
-    import ray
-
-    found = concepts.map_batches(pick, batch_format="pyarrow").to_arrow_refs()
-    return [(row["concept_id"], row["preferred_name"]) for t in ray.get(found)
-            for row in t.to_pylist()]
+    found = pads.dataset(run_dir.output(ingest.STAGE, "concepts"), filesystem=run_dir.fs,
+                         format="parquet").to_table(
+        columns=["concept_id", "preferred_name"],
+        filter=pc.field("concept_id").isin(pa.array(ids, pa.string()))
+        & (pc.field("preferred_name_language") == "en"))
+    return list(zip(found["concept_id"].to_pylist(), found["preferred_name"].to_pylist(),
+                    strict=True))

@@ -187,6 +187,18 @@ def english_concepts(run_dir: RunDir):
     return concepts.filter(expr=col("preferred_name_language") == "en")
 
 
+def english_names(run_dir: RunDir) -> pa.Table:
+    """``concept_id`` and ``preferred_name`` of the concepts with an English name, read in
+    this process (two short strings per concept): the lookup table that names relation
+    targets."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset(run_dir.output(STAGE, "concepts"), filesystem=run_dir.fs,
+                        format="parquet").to_table(
+        columns=["concept_id", "preferred_name"],
+        filter=pc.field("preferred_name_language") == "en")
+
+
 def read_concepts(run_dir: RunDir) -> pa.Table:
     """The ingested concepts as one Arrow table (for small KGs and tests)."""
     return pq.read_table(run_dir.output(STAGE, "concepts"), filesystem=run_dir.fs,

@@ -237,7 +237,7 @@ def train_loop_per_worker(config: dict) -> None:
         batches = train_shard.iter_torch_batches(
             batch_size=tcfg.batch_size, drop_last=True, collate_fn=collate,
             local_shuffle_buffer_size=tcfg.batch_size * 8, local_shuffle_seed=tcfg.seed + epoch)
-        for batch in batches:
+        for batch in run.timed(batches):
             state.micro_batch += 1
             if state.micro_batch <= skip:
                 continue  # trained on before the checkpoint we resumed from
@@ -285,7 +285,20 @@ class _Run:
     def start_window(self) -> None:
         """Restart the training-loss and throughput averages (validation time excluded)."""
         self.loss_sum, self.rows, self.batches = 0.0, 0, 0
+        self.waited = 0.0  # seconds spent waiting for the next batch (input-bound if large)
         self.window_started = time.time()
+
+    def timed(self, batches):
+        """``batches``, timing how long each takes to arrive."""
+        iterator = iter(batches)
+        while True:
+            started = time.time()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.waited += time.time() - started
+            yield batch
 
     def print(self, message: str) -> None:
         if self.rank == 0:
@@ -303,6 +316,7 @@ class _Run:
         seconds = max(time.time() - self.window_started, 1e-9)
         metrics = {"train_loss": self.loss_sum / max(self.batches, 1),
                    "pairs_per_second": self.rows / seconds,
+                   "input_wait_share": self.waited / seconds,
                    "lr": float(self.engine.get_lr()[0])}
         return metrics
 
@@ -313,7 +327,9 @@ class _Run:
         eta = elapsed / max(state.step - self.first_step, 1) * (self.total_steps - state.step)
         self.print(f"step {state.step}/{self.total_steps} epoch {state.epoch} "
                    f"loss {metrics['train_loss']:.4f} lr {metrics['lr']:.2e} "
-                   f"{metrics['pairs_per_second']:.1f} pairs/s eta {eta / 60:.1f} min")
+                   f"{metrics['pairs_per_second']:.1f} pairs/s "
+                   f"({100 * metrics['input_wait_share']:.0f}% waiting for input) "
+                   f"eta {eta / 60:.1f} min")
         if self.rank == 0:
             tags = {"phase": self.phase_name}
             self.gauges["step"].set(state.step, tags)

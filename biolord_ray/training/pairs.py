@@ -103,7 +103,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     relations = ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations"), filesystem=fs)
     dcfg = cfg.definitions
     rows = with_facts(concepts, concepts, relations, dcfg.max_parents, dcfg.max_relations,
-                      dcfg.max_targets, parts)
+                      dcfg.max_targets, parts, ingest.english_names(run_dir))
     if uses_generated_definitions(cfg, run_dir):
         # At most one per concept, and only for the concepts defined: broadcast.
         generated = generate.read_definitions(
