@@ -116,6 +116,8 @@ class KGConfig(KGSource):
     rows_per_file: int = 100_000
     # Partitions of the shuffles that group facts by concept and de-duplicate relations;
     # raise it with the KG's size (about one per 1M rows) so each partition fits a worker.
+    # The stages after ingest take at least this many and more as their input grows
+    # (run_dir.ROWS_PER_PARTITION rows each).
     shuffle_partitions: int = 4
 
     def source_list(self) -> list[KGSource]:
@@ -275,8 +277,9 @@ class TargetsConfig:
     concurrency: int = 1
     num_gpus: float = 0.0
     batch_size: int = 64
-    # Partitions of the two group-by-concept shuffles (Ray's default of 200 is tuned for
-    # clusters; each partition is a task).
+    # Partitions of the shuffle by concept, at least (more as the pairs grow, see
+    # run_dir.ROWS_PER_PARTITION; Ray's default of 200 is tuned for clusters, each partition
+    # is a task).
     shuffle_partitions: int = 4
 
 

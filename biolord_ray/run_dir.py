@@ -196,6 +196,17 @@ def count_rows(path: str, fs: pafs.FileSystem, filter=None) -> int:
     return pads.dataset(path, filesystem=fs, format="parquet").count_rows(filter=filter)
 
 
+# Rows per shuffle partition when the input's size is known: partitions (and the memory of
+# each reduce task and of each pass over a partition) stay this size as the KG grows.
+ROWS_PER_PARTITION = 500_000
+
+
+def shuffle_partitions(rows: int, minimum: int) -> int:
+    """Partitions for a shuffle of ``rows`` rows: at least ``minimum`` (the config's), more
+    as the input grows, ``ROWS_PER_PARTITION`` rows each."""
+    return max(minimum, -(-rows // ROWS_PER_PARTITION))
+
+
 def count_distinct(path: str, fs: pafs.FileSystem, column: str) -> int:
     """Distinct values of one column of a Parquet output, streamed batch by batch (memory:
     the distinct values, not the column)."""

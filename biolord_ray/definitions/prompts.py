@@ -14,11 +14,13 @@ import itertools
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from biolord_ray.broadcast import lookup_join
 from biolord_ray.config import DefinitionsConfig
 from biolord_ray.definitions.selection import select_concepts
 from biolord_ray.kg.schema import IS_A
+from biolord_ray.run_dir import shuffle_partitions
 
 PROMPT_SCHEMA = pa.schema([
     ("concept_id", pa.string()),
@@ -29,6 +31,8 @@ PROMPT_SCHEMA = pa.schema([
     # The concept's own and related names: a valid definition mentions one of them.
     ("concept_terms", pa.list_(pa.string())),
 ])
+
+BATCH_ROWS = 4096  # concepts per Python pass (build_prompts, training pairs)
 
 FACTS_SCHEMA = pa.schema([
     ("head_id", pa.string()),
@@ -113,8 +117,13 @@ def build_prompts(batch: pa.Table, cfg: DefinitionsConfig) -> pa.Table:
 
 def candidate_concepts(concepts, cfg: DefinitionsConfig):
     """The concepts ``cfg`` may define, before the cap (``selection.select_concepts``)."""
-    return concepts.filter(lambda row: len(row["definitions"]) == 0) \
+    return concepts.map_batches(_without_definition, batch_format="pyarrow") \
         if cfg.only_missing else concepts
+
+
+def _without_definition(batch: pa.Table) -> pa.Table:
+    lengths = pc.fill_null(pc.list_value_length(batch["definitions"]), 0)
+    return batch.filter(pc.equal(lengths, 0))
 
 
 def prompt_dataset(concepts, relations, cfg: DefinitionsConfig, num_partitions: int,
@@ -124,7 +133,9 @@ def prompt_dataset(concepts, relations, cfg: DefinitionsConfig, num_partitions: 
     selected = select_concepts(candidate_concepts(concepts, cfg), cfg)
     joined = with_facts(selected, concepts, relations, cfg.max_parents, cfg.max_relations,
                         cfg.max_targets, num_partitions, names)
-    return joined.map_batches(build_prompts, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
+    # Bounded batches: a Python pass over a whole joined partition grows with the KG.
+    return joined.map_batches(build_prompts, batch_size=BATCH_ROWS, batch_format="pyarrow",
+                              fn_kwargs={"cfg": cfg})
 
 
 def with_facts(selected, concepts, relations, max_parents: int, max_relations: int,
@@ -139,10 +150,12 @@ def with_facts(selected, concepts, relations, max_parents: int, max_relations: i
     heads, and joined back to the selected concepts: two shuffles."""
     import ray
 
-    if relations.count() == 0:
+    n_relations = relations.count()
+    if n_relations == 0:
         # Ray Data's hash join fails on an input without rows (it loses the schema); with no
         # relations there are no facts to gather anyway.
         return selected
+    num_partitions = shuffle_partitions(n_relations, num_partitions)
     if names is None:
         names = pa.concat_tables(ray.get(concepts.select_columns(
             ["concept_id", "preferred_name"]).to_arrow_refs()))

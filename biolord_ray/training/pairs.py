@@ -21,7 +21,7 @@ import pyarrow as pa
 from biolord_ray.broadcast import lookup_join
 from biolord_ray.config import PipelineConfig
 from biolord_ray.definitions import generate
-from biolord_ray.definitions.prompts import relation_label, with_facts
+from biolord_ray.definitions.prompts import BATCH_ROWS, relation_label, with_facts
 from biolord_ray.evaluation import kg_sets
 from biolord_ray.kg import ingest
 from biolord_ray.run_dir import (
@@ -111,7 +111,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
             .select(["concept_id", "definition"]).rename_columns(["concept_id", "generated"])
         if generated.num_rows:
             rows = lookup_join(rows, generated, on=["concept_id"])
-    pairs = rows.map_batches(make_pairs, batch_format="pyarrow", fn_kwargs={
+    pairs = rows.map_batches(make_pairs, batch_size=BATCH_ROWS, batch_format="pyarrow", fn_kwargs={
         "max_per_concept": pcfg.max_pairs_per_concept, "seed": pcfg.seed,
         "use_descriptions": pcfg.descriptions})
     # Materialised once: both splits read it (lazily, the joins above would run twice).

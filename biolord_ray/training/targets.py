@@ -26,6 +26,7 @@ from biolord_ray.run_dir import (
     count_distinct,
     count_rows,
     run_stage,
+    shuffle_partitions,
     write_parquet,
 )
 from biolord_ray.training import contrastive, pairs
@@ -72,10 +73,12 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     model_dir = teacher_dir(cfg, run_dir)
     fs = run_dir.fs
     counts = {"teacher": model_dir}
-    splits = []
+    splits, rows = [], 0
     for split in SPLITS:
         path = run_dir.output(pairs.STAGE, split)
-        if count_rows(path, fs) == 0:
+        n_pairs = count_rows(path, fs)
+        rows += n_pairs
+        if n_pairs == 0:
             if split == "train":
                 raise ValueError(f"{path}: no training pairs, nothing to distill")
             continue
@@ -86,7 +89,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
                                          fn_kwargs={"split": split}))
     # Both splits in one pass: one shuffle and one start of the encoder actors. Materialised
     # (spilled to disk when large) so that writing each split reads it, not the pipeline.
-    targets = teacher_targets(splits[0].union(*splits[1:]), model_dir, cfg.targets) \
+    targets = teacher_targets(splits[0].union(*splits[1:]), model_dir, cfg.targets, rows) \
         .materialize()
     schema = target_schema(targets.schema().base_schema.field("target").type.list_size)
     for split in SPLITS:
@@ -133,13 +136,16 @@ def check_room_for_shuffles(tcfg) -> None:
                          "(or GPU actors: targets.num_gpus)")
 
 
-def teacher_targets(pair_rows, model_dir: str, tcfg):
+def teacher_targets(pair_rows, model_dir: str, tcfg, rows: int | None = None):
     """Ray Dataset of pairs (``pairs.PAIR_SCHEMA``, optionally with a ``split`` column kept
-    as is) -> Ray Dataset of ``target_schema`` rows (and ``split``)."""
+    as is) -> Ray Dataset of ``target_schema`` rows (and ``split``). ``rows``: how many pairs
+    (sizes the shuffle; counted if not given)."""
     import ray.data
 
     kinds = ["definition", "description"] if tcfg.include_descriptions else ["definition"]
-    texts = pair_rows.repartition(tcfg.shuffle_partitions, keys=["concept_id"]) \
+    rows = pair_rows.count() if rows is None else rows
+    texts = pair_rows.repartition(shuffle_partitions(rows, tcfg.shuffle_partitions),
+                                  keys=["concept_id"]) \
         .map_batches(concept_texts, batch_size=None, batch_format="pyarrow",
                      fn_kwargs={"kinds": kinds})
     return texts.map_batches(
