@@ -214,12 +214,15 @@ def count_distinct(path: str, fs: pafs.FileSystem, column: str) -> int:
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    seen = pa.chunked_array([], pa.string())
+    seen, pending, waiting = pa.array([], pa.string()), [], 0
     for batch in pads.dataset(path, filesystem=fs, format="parquet").to_batches(
             columns=[column]):
-        seen = pc.unique(pa.chunked_array([*seen.chunks, batch[column]]))
-        seen = pa.chunked_array([seen])
-    return len(seen)
+        pending.append(pc.unique(batch[column]))
+        waiting += len(pending[-1])
+        if waiting > 2 * len(seen) + 1_000_000:  # compact now and then: linear overall
+            seen = pc.unique(pa.chunked_array([seen, *pending]))
+            pending, waiting = [], 0
+    return len(pc.unique(pa.chunked_array([seen, *pending])))
 
 
 def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
