@@ -1,10 +1,11 @@
 """Joins against a small table by broadcasting it, instead of shuffling both sides.
 
-Ray Data's ``Dataset.join`` (and ``groupby``) hash-partitions both inputs through aggregator
-actors: right at any size, but a fixed cost of about ten seconds per join on a small machine,
-whatever the data. When one side is small (generated definitions, held-out texts, concept ids
-already done, concept names), it is enough to put it in the object store once and look each
-block's keys up in it with Arrow kernels: one map, no shuffle. Ray Data has no broadcast join
+Ray Data's ``Dataset.join`` (and ``groupby``) hash-partitions both inputs: right at any size,
+but each join moves both sides, and on a small machine it cost 5 to 7 s whatever the data
+until idle workers were kept (``runtime.SMALL_NODE_SYSTEM_CONFIG``). When one side is small
+(generated definitions, held-out texts, concept ids already done, concept names), it is
+enough to put it in the object store once and look each block's keys up in it with Arrow
+kernels: one map, no shuffle. Ray Data has no broadcast join
 (2.60), hence this module.
 
 The small side must fit in each worker's memory: it is one row per concept at most in this
@@ -21,8 +22,7 @@ _SEPARATOR = "\x1f"  # joins multi-column keys; never inside an id or a name
 
 
 def lookup_join(ds, table: pa.Table, on: list[str] | tuple[str, ...],
-                right_on: list[str] | tuple[str, ...] | None = None, how: str = "left_outer",
-                ray_remote_args: dict | None = None):
+                right_on: list[str] | tuple[str, ...] | None = None, how: str = "left_outer"):
     """``ds`` joined with the in-memory ``table`` on ``on`` = ``right_on`` (string columns).
 
     ``left_outer``/``inner`` add ``table``'s other columns (nulls where none matches) and need
@@ -39,8 +39,7 @@ def lookup_join(ds, table: pa.Table, on: list[str] | tuple[str, ...],
     extra = table.drop_columns(right_on) if how in ("left_outer", "inner") else None
     return ds.map_batches(_lookup, batch_format="pyarrow", zero_copy_batch=True,
                           fn_kwargs={"keys": keys.combine_chunks(), "extra": extra,
-                                     "on": list(on), "how": how},
-                          **(ray_remote_args or {}))
+                                     "on": list(on), "how": how})
 
 
 def _key(table: pa.Table, columns: list[str]) -> pa.ChunkedArray | pa.Array:
