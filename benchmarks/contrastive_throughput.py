@@ -58,6 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from biolord_ray.config import load_config
+    from biolord_ray.training.loop import resolve_precision
 
     cfg = load_config(None, [f"run_dir={args.run_dir}", *args.set])
     tcfg = cfg.contrastive
@@ -70,7 +71,7 @@ def main() -> None:
     report = {
         "model": tcfg.base_model, "batch_size_per_worker": tcfg.batch_size,
         "max_seq_length": tcfg.max_seq_length, "timed_steps": args.steps,
-        "zero_stage": tcfg.zero_stage, "precision": tcfg.precision,
+        "zero_stage": tcfg.zero_stage, "precision": resolve_precision(tcfg),
         "device": "gpu" if args.gpu else f"cpu ({os.cpu_count()} cores)",
         "bare": bare, "ray_1_worker": ray_runs[1], "ray_2_workers": ray_runs[2],
         "ratio_1_worker_over_bare": ray_runs[1]["pairs_per_second"] / bare["pairs_per_second"],
@@ -128,7 +129,11 @@ def run_bare(pairs_path: str, cfg, steps: int, threads: int, gpu: bool) -> dict:
                                            directions=("query_to_doc", "doc_to_query"),
                                            partition_mode="per_direction")
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=tcfg.precision == "bf16")
+    from biolord_ray.training.loop import resolve_precision
+
+    # The precision the Ray runs train in (pure bf16 weights approximated by autocast).
+    autocast = torch.autocast(device, dtype=torch.bfloat16,
+                              enabled=resolve_precision(tcfg) in ("bf16", "bf16-mixed"))
     rows = pq.read_table(pairs_path).to_pydict()
     model.train()
     tokens = 0

@@ -101,12 +101,12 @@ def _readme(cfg: PipelineConfig, run_dir: RunDir, records: dict, results_md: str
              + (f", first {cfg.kg.max_concepts} concepts" if cfg.kg.max_concepts else "")
              + f"; base model `{cfg.contrastive.base_model}`.", "",
              "## Models", "",
-             f"- BioLORD-C (contrastive): `{run_dir.output(contrastive.STAGE, 'model')}`",
-             f"- BioLORD-S (best distillation trial): `{run_dir.output(soup.STAGE, 'model_s')}`",
-             f"- BioLORD (soup, {cfg.tune.soup}, exported): "
-             f"`{run_dir.output(soup.STAGE, 'model')}`",
-             *([f"- BioLORD-M (multilingual): `{run_dir.output(student.STAGE, 'model')}`"]
-               if multilingual_md else []),
+             # The models of the stages in this report (a run may have only some of them).
+             *[f"- {label}: `{run_dir.output(stage, output)}`" for label, stage, output in (
+                 ("BioLORD-C (contrastive)", contrastive.STAGE, "model"),
+                 ("BioLORD-S (best distillation trial)", soup.STAGE, "model_s"),
+                 (f"BioLORD (soup, {cfg.tune.soup}, exported)", soup.STAGE, "model"),
+                 ("BioLORD-M (multilingual)", student.STAGE, "model")) if stage in records],
              ""]
     if results_md:
         lines += [_nested(results_md, "## Evaluation (full suite)"), "![results](results.png)",

@@ -1,5 +1,5 @@
-"""The contrastive phase for real: 2 Ray Train workers with DeepSpeed on the HPO slice, the
-exported model reloaded two ways, and a worker SIGKILLed mid-run."""
+"""The contrastive phase for real: 2 Ray Train workers with DeepSpeed on the HPO slice, a
+worker SIGKILLed mid-run, and the exported model reloaded two ways."""
 
 import copy
 import os
@@ -38,15 +38,27 @@ def train_cfg(hpo_run, tmp_path):
     return cfg, run_dir
 
 
-def test_two_worker_deepspeed_run_learns_and_exports(train_cfg, node_metrics):
+def test_two_worker_deepspeed_run_survives_a_killed_worker_learns_and_exports(
+        train_cfg, node_metrics):
+    """ZeRO-3 in DeepSpeed's bf16 mode on 2 workers; one worker is SIGKILLed after the first
+    checkpoint: Ray Train restarts the workers, every rank reloads its own shard and the run
+    continues from that checkpoint, learns, and exports a model that loads two ways."""
     import torch
     import torch.nn.functional as F
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer
 
     cfg, run_dir = train_cfg
+    t = cfg.contrastive
+    t.zero_stage, t.precision = 3, "bf16"
+    killed = []
+    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint,
+                              args=(run_dir, killed), daemon=True)
+    killer.start()
     with node_metrics.recording("ray_biolord_train_") as exported:
         record = contrastive.run(cfg, run_dir, force=True)
+    killer.join(timeout=5)
+    assert killed, "no Ray Train worker was found to kill"
     assert record["status"] == "complete"
     counts = record["counts"]
     assert counts["steps"] == 12
@@ -56,7 +68,9 @@ def test_two_worker_deepspeed_run_learns_and_exports(train_cfg, node_metrics):
                                                  "val_score")}
 
     history = _history(run_dir)
-    assert [r["step"] for r in history] == [0, 4, 8, 12]
+    # The restarted workers loaded the step-4 checkpoint instead of starting again at 0.
+    assert [(r["step"], r.get("resumed_from")) for r in history] == [
+        (0, None), (4, 0), (8, 4), (12, 4)]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert history[-1]["train_loss"] < history[1]["train_loss"]
     assert counts["best_step"] in (4, 8, 12)
@@ -66,16 +80,17 @@ def test_two_worker_deepspeed_run_learns_and_exports(train_cfg, node_metrics):
 
     # Ray Train kept the best checkpoints only.
     storage = Path(run_dir.path("_work", contrastive.STAGE))
-    kept = list(storage.glob("*/checkpoint_*"))
+    kept = [p for p in storage.glob("*/checkpoint_*") if p.is_dir()]  # not the snapshot file
     assert 1 <= len(kept) <= cfg.contrastive.keep_checkpoints + 1
 
     model_dir = out / "model"
     card = (model_dir / "README.md").read_text()
-    assert "all-MiniLM-L6-v2" in card and "mean_pooling" in card and "ZeRO-2" in card
+    assert "all-MiniLM-L6-v2" in card and "mean_pooling" in card and "ZeRO-3, bf16" in card
     texts = ["Abnormality of the eye", "Seizure", "An abnormality of the heart rhythm."]
     st_vectors = SentenceTransformer(str(model_dir), device="cpu").encode(texts)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     encoder = AutoModel.from_pretrained(model_dir)
+    assert encoder.dtype == torch.float32  # exported in fp32 whatever it trained in
     batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
     with torch.no_grad():
         tokens = encoder(**batch)[0]
@@ -87,36 +102,17 @@ def test_two_worker_deepspeed_run_learns_and_exports(train_cfg, node_metrics):
     assert not np.allclose(base, st_vectors, atol=1e-3)
 
 
-def test_killed_worker_resumes_from_last_checkpoint(train_cfg):
-    """SIGKILL a Ray Train worker after the first checkpoint: the run restarts its workers
-    and continues from that checkpoint (ZeRO-3, bf16: every rank reloads its own shard)."""
-    cfg, run_dir = train_cfg
-    t = cfg.contrastive
-    t.zero_stage, t.precision, t.max_steps, t.checkpoint_every = 3, "bf16", 8, 4
-    t.validation_suites, cfg.eval.suites = [], []  # only the training is under test here
-    killed = []
-
-    def kill_after_first_checkpoint():
-        storage = Path(run_dir.path("_work", contrastive.STAGE))
-        deadline = time.time() + 600
-        while time.time() < deadline and not _registered_checkpoints(storage):
-            time.sleep(0.2)
-        # Ray names actor processes "ray::RayTrainWorker..." (process title).
-        workers = [p for p in psutil.process_iter(["name", "cmdline"])
-                   if "RayTrainWo" in " ".join([p.info["name"] or "", *(p.info["cmdline"] or [])])]
-        if workers:
-            os.kill(workers[-1].pid, signal.SIGKILL)
-            killed.append(workers[-1].pid)
-
-    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
-    killer.start()
-    record = contrastive.run(cfg, run_dir, force=True)
-    killer.join(timeout=5)
-    assert killed, "no Ray Train worker was found to kill"
-    assert record["status"] == "complete"
-    history = _history(run_dir)
-    # The restarted workers loaded the step-4 checkpoint instead of starting again at 0.
-    assert [(r["step"], r.get("resumed_from")) for r in history] == [(0, None), (4, 0), (8, 4)]
+def _kill_a_worker_after_first_checkpoint(run_dir: RunDir, killed: list) -> None:
+    storage = Path(run_dir.path("_work", contrastive.STAGE))
+    deadline = time.time() + 600
+    while time.time() < deadline and not _registered_checkpoints(storage):
+        time.sleep(0.2)
+    # Ray names actor processes "ray::RayTrainWorker..." (process title).
+    workers = [p for p in psutil.process_iter(["name", "cmdline"])
+               if "RayTrainWo" in " ".join([p.info["name"] or "", *(p.info["cmdline"] or [])])]
+    if workers:
+        os.kill(workers[-1].pid, signal.SIGKILL)
+        killed.append(workers[-1].pid)
 
 
 def _registered_checkpoints(storage: Path) -> list:

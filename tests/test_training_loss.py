@@ -114,3 +114,22 @@ def test_negatives_are_gathered_across_two_gloo_workers():
     grads_p = torch.cat([torch.from_numpy(r[3]) for r in results]) / 2
     assert torch.allclose(grads_a, a.grad, atol=1e-6)
     assert torch.allclose(grads_p, p.grad, atol=1e-6)
+
+
+def test_precision_setting_becomes_deepspeed_config(monkeypatch):
+    from biolord_ray.config import TrainConfig
+    from biolord_ray.training import loop
+
+    mixed = loop.deepspeed_config(TrainConfig(precision="bf16-mixed"), 2, 10)
+    assert mixed["torch_autocast"]["enabled"] and not mixed["bf16"]["enabled"]
+    # Gradients stay fp32 and are all-reduced in fp32.
+    assert mixed["torch_autocast"]["lower_precision_safe_modules"] == []
+    pure = loop.deepspeed_config(TrainConfig(precision="bf16"), 2, 10)
+    assert pure["bf16"]["enabled"] and not pure["torch_autocast"]["enabled"]
+    fp32 = loop.deepspeed_config(TrainConfig(precision="fp32"), 2, 10)
+    assert not fp32["bf16"]["enabled"] and not fp32["torch_autocast"]["enabled"]
+
+    assert loop.resolve_precision(TrainConfig(precision="auto", use_gpu=True)) == "bf16-mixed"
+    for has_bf16, expected in ((True, "bf16-mixed"), (False, "fp32")):
+        monkeypatch.setattr(loop, "cpu_has_bf16", lambda has_bf16=has_bf16: has_bf16)
+        assert loop.resolve_precision(TrainConfig(precision="auto")) == expected

@@ -48,8 +48,11 @@ class Embedder:
     """
 
     def __init__(self, model, model_dir: str | None = None, batch_size: int = 64,
-                 ray_min_texts: int = 20_000, concurrency: int = 1, num_gpus: float = 0):
+                 ray_min_texts: int = 20_000, concurrency: int = 1, num_gpus: float = 0,
+                 bf16_autocast: bool = False):
         self.model = model
+        # Encode under torch.autocast(bf16), as a model trained in bf16-mixed runs its forward.
+        self.bf16_autocast = bf16_autocast
         self.model_dir = model_dir
         self.batch_size = batch_size
         self.ray_min_texts = ray_min_texts
@@ -65,9 +68,13 @@ class Embedder:
             if self.model_dir is not None and len(new) >= self.ray_min_texts:
                 vectors = self._embed_on_ray(new)
             else:
-                vectors = self.model.encode(new, batch_size=self.batch_size,
-                                            normalize_embeddings=True, convert_to_numpy=True,
-                                            show_progress_bar=len(new) > 5000)
+                import torch
+
+                with torch.autocast(self.model.device.type, dtype=torch.bfloat16,
+                                    enabled=self.bf16_autocast):
+                    vectors = self.model.encode(
+                        new, batch_size=self.batch_size, normalize_embeddings=True,
+                        convert_to_numpy=True, show_progress_bar=len(new) > 5000)
             self._cache.update(zip(new, vectors.astype(np.float32, copy=False), strict=True))
         return np.stack([self._cache[t] for t in texts])
 

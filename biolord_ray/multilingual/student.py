@@ -99,7 +99,7 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
         training = {
             "optimiser steps": history[-1]["step"],
             "Ray Train workers": f"{tcfg.num_workers} ({'GPU' if tcfg.use_gpu else 'CPU'})",
-            "DeepSpeed": f"ZeRO-{tcfg.zero_stage}, {tcfg.precision}",
+            "DeepSpeed": f"ZeRO-{tcfg.zero_stage}, {loop.resolve_precision(tcfg)}",
             "selected checkpoint": f"step {best_metrics['step']} (translation accuracy "
                                    f"{best_metrics[loop.SCORE]:.4f}; before training "
                                    f"{history[0][loop.SCORE]:.4f})"}

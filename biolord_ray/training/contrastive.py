@@ -101,7 +101,7 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
             "Ray Train workers": f"{tcfg.num_workers} ({'GPU' if tcfg.use_gpu else 'CPU'})",
             "global batch": f"{tcfg.batch_size} x {tcfg.num_workers} workers x "
                             f"{tcfg.grad_accumulation} accumulation",
-            "DeepSpeed": f"ZeRO-{tcfg.zero_stage}, {tcfg.precision}",
+            "DeepSpeed": f"ZeRO-{tcfg.zero_stage}, {loop.resolve_precision(tcfg)}",
             "selected checkpoint": f"step {best_metrics['step']} "
                                    f"(fast-suite score {best_metrics[loop.SCORE]:.4f}; "
                                    f"base model {history[0][loop.SCORE]:.4f})",

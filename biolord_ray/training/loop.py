@@ -4,7 +4,8 @@
 
 * the model is a sentence-transformers encoder inside the phase's loss module; DeepSpeed
   wraps that module and owns the optimiser (AdamW), the warm-up/linear-decay schedule
-  (WarmupDecayLR), ZeRO, bf16, gradient accumulation and clipping, all from the config;
+  (WarmupDecayLR), ZeRO, bf16 or mixed precision, gradient accumulation and clipping, all
+  from the config;
 * rows stream in from the Ray Dataset shard (``get_dataset_shard``), tokenised by the phase's
   collate function in Ray's prefetch thread;
 * every ``checkpoint_every`` steps and at each epoch end the workers validate (validation loss
@@ -67,15 +68,39 @@ class LoopState:
     history: list[dict] = field(default_factory=list)  # one row per validation
 
 
+def resolve_precision(tcfg: TrainConfig) -> str:
+    """``tcfg.precision``, with "auto" made concrete for this machine (see TrainConfig)."""
+    if tcfg.precision != "auto":
+        return tcfg.precision
+    return "bf16-mixed" if tcfg.use_gpu or cpu_has_bf16() else "fp32"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16; oneDNN uses them). The
+    flags are read from /proc/cpuinfo: torch has no public query for them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def deepspeed_config(tcfg: TrainConfig, world_size: int, total_steps: int) -> dict:
     """The DeepSpeed config for one run, with ``tcfg.deepspeed`` merged over it."""
+    precision = resolve_precision(tcfg)
     config = {
         "train_micro_batch_size_per_gpu": tcfg.batch_size,
         "gradient_accumulation_steps": tcfg.grad_accumulation,
         "train_batch_size": tcfg.batch_size * tcfg.grad_accumulation * world_size,
         "gradient_clipping": tcfg.grad_clip,
         "zero_optimization": {"stage": tcfg.zero_stage},
-        "bf16": {"enabled": tcfg.precision == "bf16"},
+        "bf16": {"enabled": precision == "bf16"},
+        # Mixed precision: the forward under torch.autocast, weights, gradients and their
+        # all-reduce in fp32 (no module's gradients are reduced in bf16).
+        "torch_autocast": {"enabled": precision == "bf16-mixed", "dtype": "bfloat16",
+                           "lower_precision_safe_modules": []},
         # torch's AdamW on CPU: DeepSpeed's own would JIT-compile fused_adam, which needs CUDA.
         "optimizer": {"type": "AdamW", "params": {
             "lr": tcfg.lr, "weight_decay": tcfg.weight_decay, "torch_adam": not tcfg.use_gpu}},
@@ -146,8 +171,8 @@ def fit(phase: Phase, tcfg: TrainConfig, models: ModelsConfig, datasets: dict, s
     from ray.train.torch import TorchTrainer
 
     steps_per_epoch, total_steps = plan_steps(datasets["train"].count(), tcfg)
-    log.info("%s: %d steps (%d per epoch) on %d workers", phase.name, total_steps,
-             steps_per_epoch, tcfg.num_workers)
+    log.info("%s: %d steps (%d per epoch) on %d workers, %s", phase.name, total_steps,
+             steps_per_epoch, tcfg.num_workers, resolve_precision(tcfg))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"phase": phase, "train": tcfg, "models": models, "suite": suite,
@@ -195,6 +220,13 @@ def train_loop_per_worker(config: dict) -> None:
     model.max_seq_length = tcfg.max_seq_length
     loss_module = phase.make_loss(model, tcfg)
     loaded = time.time()
+    if not tcfg.use_gpu:
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op with g++ when it
+        # starts (20 to 80 s on a cold ~/.cache/torch_extensions, again whenever another
+        # environment rebuilt it there); only DeepSpeed's inference tensor parallelism uses it,
+        # training communicates through the torch process group (gloo). Marked unavailable,
+        # it is not built. (DeepSpeed has no setting for this; it keeps this dict for edits.)
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     engine, *_ = deepspeed.initialize(
         model=loss_module, model_parameters=[p for p in loss_module.parameters()
                                              if p.requires_grad],
@@ -366,7 +398,9 @@ class _Run:
             from biolord_ray.evaluation.embed import Embedder, load_sentence_model
 
             scored = load_sentence_model(model_dir, device=str(self.device))
-            results = self.suite.run(scored, Embedder(scored))
+            # Encoded as it trains: under bf16 autocast when the forward pass runs in it.
+            results = self.suite.run(scored, Embedder(
+                scored, bf16_autocast=resolve_precision(self.tcfg) == "bf16-mixed"))
             row.update({f"val/{name}": r[r["main_metric"]] for name, r in results.items()})
             row[SCORE] = main_score(results)
             del scored
