@@ -208,9 +208,9 @@ def test_student_learns_to_embed_translations_like_the_teacher(umls_run):
     scores = [float(history[step][loop.SCORE]) for step in (0, 16, 32)]
     losses = [float(history[step]["val_loss"]) for step in (0, 16, 32)]
     assert scores[0] < min(scores[1:]) and losses[0] > losses[1] > losses[2], history
-    report = json.loads((Path(run_dir.path(student.STAGE, "evaluation"))
-                         / "results.json").read_text())
-    before, after = (report["models"][label]["benchmarks"] for label in
+    results = json.loads((Path(run_dir.path(student.STAGE, "evaluation"))
+                          / "results.json").read_text())
+    before, after = (results["models"][label]["benchmarks"] for label in
                      (f"student before ({MINILM.removeprefix('packaged:')})", "multilingual"))
     assert sorted(after) == [f"translation-{lang}" for lang in languages]
     assert np.mean([after[t]["accuracy"] for t in after]) > \
