@@ -117,7 +117,7 @@ def run_bare(pairs_path: str, cfg, steps: int, threads: int, gpu: bool) -> dict:
     import torch
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from biolord_ray.evaluation.embed import load_sentence_model, sentence_model_dir
+    from biolord_ray.models.encode import load_sentence_model, sentence_model_dir
 
     tcfg = cfg.contrastive
     torch.set_num_threads(threads)
@@ -169,7 +169,7 @@ def run_ray(pairs_path: str, cfg, steps: int, workers: int) -> dict:
     import ray.data
 
     from biolord_ray.runtime import init_ray
-    from biolord_ray.training import contrastive, loop
+    from biolord_ray.training import loop, phases
 
     init_ray(cfg.ray)
     tcfg = copy.deepcopy(cfg.contrastive)
@@ -181,7 +181,7 @@ def run_ray(pairs_path: str, cfg, steps: int, workers: int) -> dict:
         ["concept_id", "anchor", "positive"])}
     storage = tempfile.mkdtemp(prefix="biolord-bench-ray-")
     started = time.perf_counter()
-    result = loop.fit(contrastive.PHASE, tcfg, cfg.models, datasets, None, storage,
+    result = loop.fit(phases.CONTRASTIVE, tcfg, cfg.models, datasets, None, storage,
                       pafs.LocalFileSystem(), f"bench-{workers}")
     metrics = result.metrics
     return {"workers": workers, "wall_seconds_with_setup": time.perf_counter() - started,
@@ -192,7 +192,7 @@ def run_ray(pairs_path: str, cfg, steps: int, workers: int) -> dict:
 
 def gpu_utilisation(bare: dict, one_worker: dict, cfg, peak_tflops: float) -> dict:
     """Approximate model FLOPs: 6 x parameters x tokens per training step."""
-    from biolord_ray.evaluation.embed import load_sentence_model, sentence_model_dir
+    from biolord_ray.models.encode import load_sentence_model, sentence_model_dir
 
     model = load_sentence_model(sentence_model_dir(cfg.contrastive.base_model), device="cpu")
     params = sum(p.numel() for p in model.parameters())

@@ -30,8 +30,8 @@ TARGET_SECONDS = 10 * 60
 
 
 def bare_encode_seconds(n_texts: int = 4096) -> float:
-    from biolord_ray.evaluation.embed import load_sentence_model, sentence_model_dir
     from biolord_ray.kg import mondo
+    from biolord_ray.models.encode import load_sentence_model, sentence_model_dir
 
     terms, _ = mondo.load_bundled()
     names = [t["label"] for t in terms.values() if not t.get("deprecated")][:n_texts]

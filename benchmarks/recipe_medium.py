@@ -132,7 +132,7 @@ def paired_bootstrap(models: dict[str, dict], resamples: int = 2000,
 
     from biolord_ray.config import load_config
     from biolord_ray.evaluation import build_suite, metrics
-    from biolord_ray.evaluation.embed import load_sentence_model
+    from biolord_ray.models.encode import load_sentence_model
 
     cfg = load_config("medium")
     tasks = [t for t in build_suite(cfg.eval, ["dev", "files"]).tasks if t.kind == "similarity"]

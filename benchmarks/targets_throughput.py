@@ -45,8 +45,8 @@ def main() -> None:
 
     from biolord_ray.config import load_config
     from biolord_ray.evaluation import kg_sets
-    from biolord_ray.evaluation.embed import sentence_model_dir
     from biolord_ray.kg import ingest
+    from biolord_ray.models.encode import sentence_model_dir
     from biolord_ray.run_dir import RunDir
     from biolord_ray.runtime import init_ray
     from biolord_ray.training import pairs
@@ -79,7 +79,7 @@ def run_bare(table, model_dir: str, batch_size: int, threads: int) -> dict:
     import pandas as pd
     import torch
 
-    from biolord_ray.evaluation.embed import load_sentence_model
+    from biolord_ray.models.encode import load_sentence_model
 
     torch.set_num_threads(threads)
     model = load_sentence_model(model_dir, device="cpu")

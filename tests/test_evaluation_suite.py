@@ -13,7 +13,6 @@ import pytest
 
 from biolord_ray.config import DISEASE_GLOSSARY
 from biolord_ray.evaluation import kg_sets
-from biolord_ray.evaluation.embed import Embedder, load_sentence_model, sentence_model_dir
 from biolord_ray.evaluation.pairs import load_pairs
 from biolord_ray.evaluation.suite import (
     EvalSuite,
@@ -23,6 +22,7 @@ from biolord_ray.evaluation.suite import (
     main_score,
 )
 from biolord_ray.kg import ingest
+from biolord_ray.models.encode import Embedder, load_sentence_model, sentence_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 MINILM = "packaged:all-MiniLM-L6-v2"

@@ -16,7 +16,7 @@ from biolord_ray.training import contrastive, soup, targets
 
 
 def _minilm_dir() -> str:
-    from biolord_ray.evaluation.embed import sentence_model_dir
+    from biolord_ray.models.encode import sentence_model_dir
 
     return sentence_model_dir("packaged:all-MiniLM-L6-v2")
 

@@ -137,7 +137,7 @@ def _history(run_dir: RunDir) -> list[dict]:
 
 
 def _base_dir() -> str:
-    from biolord_ray.evaluation.embed import sentence_model_dir
+    from biolord_ray.models.encode import sentence_model_dir
 
     return sentence_model_dir("packaged:all-MiniLM-L6-v2")
 

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 from biolord_ray.config import PipelineConfig
-from biolord_ray.evaluation.embed import Embedder, load_sentence_model, sentence_model_dir
 from biolord_ray.evaluation.pairs import PRESETS, EvalFormatError, load_pairs
 from biolord_ray.evaluation.suite import EvalSuite, build_suite, main_score
+from biolord_ray.models.encode import Embedder, load_sentence_model, sentence_model_dir
 
 __all__ = ["PRESETS", "EvalFormatError", "EvalSuite", "build_suite", "evaluate_models",
            "load_pairs", "main_score", "model_label"]

@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 
 from biolord_ray.config import EvalConfig
 from biolord_ray.evaluation import kg_sets, metrics
-from biolord_ray.evaluation.embed import Embedder
 from biolord_ray.evaluation.pairs import BIOMEDICAL, BUNDLED, GENERAL, PairSet, load_pairs
+from biolord_ray.models.encode import Embedder
 from biolord_ray.run_dir import RunDir
 
 log = logging.getLogger(__name__)

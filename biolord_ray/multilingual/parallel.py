@@ -80,7 +80,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
 
 
 def teacher_dir(cfg: PipelineConfig, run_dir: RunDir) -> str:
-    from biolord_ray.evaluation.embed import sentence_model_dir
+    from biolord_ray.models.encode import sentence_model_dir
     from biolord_ray.training import soup
 
     spec = cfg.multilingual.teacher or run_dir.output(soup.STAGE, "model")
@@ -91,7 +91,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import ray.data
     from ray.data.expressions import col
 
-    from biolord_ray.evaluation.embed import EncoderActor
+    from biolord_ray.models.encode import EncoderActor
 
     mcfg, fs = cfg.multilingual, run_dir.fs
     sources = []

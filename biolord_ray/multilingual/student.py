@@ -23,13 +23,12 @@ import pyarrow.fs as pafs
 from biolord_ray.config import PipelineConfig, config_hash
 from biolord_ray.multilingual import parallel
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
-from biolord_ray.training import distill, loop
+from biolord_ray.training import loop
+from biolord_ray.training.phases import MULTILINGUAL
 
 log = logging.getLogger(__name__)
 
 STAGE = "distill_multilingual"
-# The self-distillation phase's loss and batches: text -> the teacher's embedding.
-PHASE = loop.Phase("multilingual", distill.make_loss, distill.make_collate)
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
@@ -53,13 +52,13 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
     storage = run_dir.path("_work", STAGE)  # outside staging: a rerun resumes from it
     if force and fs.get_file_info(f"{storage}/{name}").type != pafs.FileType.NotFound:
         fs.delete_dir(f"{storage}/{name}")
-    result = loop.fit(PHASE, tcfg, cfg.models, datasets, suite, storage, fs, name)
+    result = loop.fit(MULTILINGUAL, tcfg, cfg.models, datasets, suite, storage, fs, name)
     return _export(cfg, run_dir, staging, result)
 
 
 def check_width(cfg: PipelineConfig, rows_schema) -> None:
     """The student regresses onto the teacher's embeddings, so both must have one width."""
-    from biolord_ray.evaluation.embed import load_sentence_model, sentence_model_dir
+    from biolord_ray.models.encode import load_sentence_model, sentence_model_dir
 
     spec = cfg.multilingual.train.base_model
     student = load_sentence_model(sentence_model_dir(spec, cfg.models.cache_dir,

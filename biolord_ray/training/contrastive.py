@@ -2,7 +2,7 @@
 
 The base encoder learns to place each concept name next to its definitions and KG
 descriptions (``build_pairs``), with in-batch negatives gathered across workers and
-same-concept rows masked (``losses.ConceptContrastiveLoss``). The checkpoint with the best
+same-concept rows masked (``phases.CONTRASTIVE``). The checkpoint with the best
 fast-suite score becomes ``train_contrastive/model`` (a sentence-transformers directory with
 a model card); ``history.csv``/``history.png`` hold the training curve and ``evaluation/``
 compares the base and trained models on the full evaluation suite.
@@ -21,28 +21,13 @@ from biolord_ray.config import PipelineConfig, config_hash
 from biolord_ray.evaluation import kg_sets
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
 from biolord_ray.training import loop, pairs
-from biolord_ray.training.losses import ConceptContrastiveLoss, concept_labels
+from biolord_ray.training.phases import CONTRASTIVE
 
 log = logging.getLogger(__name__)
 
 STAGE = "train_contrastive"
 # The trained model's label in evaluation/results.json (the base model's: model_label(spec)).
 MODEL_LABEL = "contrastive"
-
-
-def make_loss(model, tcfg):
-    return ConceptContrastiveLoss(model, scale=tcfg.scale, symmetric=tcfg.symmetric)
-
-
-def make_collate(model):
-    def collate(batch: dict[str, np.ndarray]) -> dict:
-        return {"anchor": model.preprocess(list(batch["anchor"])),
-                "positive": model.preprocess(list(batch["positive"])),
-                "labels": concept_labels(batch["concept_id"])}
-    return collate
-
-
-PHASE = loop.Phase("contrastive", make_loss, make_collate)
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
@@ -70,7 +55,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
     storage = run_dir.path("_work", STAGE)
     if force and fs.get_file_info(f"{storage}/{name}").type != pafs.FileType.NotFound:
         fs.delete_dir(f"{storage}/{name}")
-    result = loop.fit(PHASE, tcfg, cfg.models, datasets, suite, storage, fs, name)
+    result = loop.fit(CONTRASTIVE, tcfg, cfg.models, datasets, suite, storage, fs, name)
     return _export(cfg, run_dir, staging, result)
 
 

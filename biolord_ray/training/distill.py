@@ -23,48 +23,18 @@ import logging
 import math
 import re
 
-import numpy as np
 import pyarrow.fs as pafs
 
 from biolord_ray.config import PipelineConfig, TrainConfig, config_hash
 from biolord_ray.evaluation import kg_sets
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
 from biolord_ray.training import loop, targets
+from biolord_ray.training.phases import DISTILL
 
 log = logging.getLogger(__name__)
 
 STAGE = "distill"
 TRIALS_DIR = "trials"
-
-
-def make_loss(model, tcfg):
-    import torch
-    from sentence_transformers.sentence_transformer.losses import MSELoss
-
-    class EmbeddingRegressionLoss(torch.nn.Module):
-        """sentence-transformers' ``MSELoss`` with keyword inputs: the loop calls
-        ``loss(**batch)`` for every phase."""
-
-        def __init__(self):
-            super().__init__()
-            self.mse = MSELoss(model)
-
-        def forward(self, text, target):
-            return self.mse([text], target)
-
-    return EmbeddingRegressionLoss()
-
-
-def make_collate(model):
-    import torch
-
-    def collate(batch: dict[str, np.ndarray]) -> dict:
-        return {"text": model.preprocess(list(batch["text"])),
-                "target": torch.from_numpy(np.stack(batch["target"]).astype(np.float32))}
-    return collate
-
-
-PHASE = loop.Phase("distill", make_loss, make_collate, validate_base=False)
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
@@ -110,7 +80,7 @@ def distill_trial(params: dict, cfg: PipelineConfig, run_dir_uri: str, train_sto
     datasets = loop.read_datasets(run_dir.output(targets.STAGE, "train"),
                                   run_dir.output(targets.STAGE, "validation"), run_dir.fs,
                                   ["text", "target"], tcfg)
-    loop.fit(PHASE, tcfg, cfg.models, datasets, suite, train_storage, run_dir.fs,
+    loop.fit(DISTILL, tcfg, cfg.models, datasets, suite, train_storage, run_dir.fs,
              trial_name(params), callbacks=[TuneReportCallback()])
 
 
@@ -175,7 +145,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
 def base_score(cfg: PipelineConfig, run_dir: RunDir) -> float:
     """The base model's validation score (every trial starts from it), for the plot."""
     from biolord_ray.evaluation import build_suite, main_score
-    from biolord_ray.evaluation.embed import Embedder, load_sentence_model, sentence_model_dir
+    from biolord_ray.models.encode import Embedder, load_sentence_model, sentence_model_dir
 
     if not cfg.distill.validation_suites:
         return math.nan

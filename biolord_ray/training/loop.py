@@ -32,13 +32,14 @@ from typing import Any
 import numpy as np
 
 from biolord_ray.config import ModelsConfig, TrainConfig
+from biolord_ray.models.encode import EXPORT_SUBDIR  # noqa: F401  (the stages read it here)
 
 log = logging.getLogger(__name__)
 
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"
 STATE_FILE = "train_state.json"
-EXPORT_SUBDIR = "model"  # same as biolord_ray.evaluation.embed.EXPORT_SUBDIR
+
 SCORE = "val_score"
 
 
@@ -193,25 +194,37 @@ def fit(phase: Phase, tcfg: TrainConfig, models: ModelsConfig, datasets: dict, s
 
 
 # ---------------------------------------------------------------------------------------
-# On each Ray Train worker
+# The training step: built the same way on a Ray Train worker and in a plain process
+# (benchmarks/gpu_step.py times it on one GPU without Ray).
 
-def train_loop_per_worker(config: dict) -> None:
-    started = time.time()
+@dataclass
+class Step:
+    """One worker's model, DeepSpeed engine and collate function; calling it trains on one
+    collated micro-batch (forward, backward, and the optimiser step at the end of each
+    gradient-accumulation window) and returns the loss."""
+
+    engine: Any
+    model: Any        # the SentenceTransformer inside the phase's loss module
+    collate: Callable[[dict[str, np.ndarray]], dict]
+    base_dir: str     # the base model's directory
+    device: Any
+
+    def __call__(self, batch: dict):
+        loss = self.engine(**_to_device(batch, self.device))
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss
+
+
+def build_step(phase: Phase, tcfg: TrainConfig, models: ModelsConfig, device, world_size: int,
+               total_steps: int) -> Step:
+    """Load the base model, wrap the phase's loss in a DeepSpeed engine (``deepspeed_config``)
+    and make the collate function. Needs a torch process group: Ray Train's on a worker,
+    ``single_process_group()`` in a plain process."""
     import deepspeed
-    import ray.train
-    import ray.train.torch
     import torch
 
-    from biolord_ray.evaluation.embed import load_sentence_model, sentence_model_dir
-
-    imported = time.time()
-    phase: Phase = config["phase"]
-    tcfg: TrainConfig = config["train"]
-    models: ModelsConfig = config["models"]
-    total_steps: int = config["total_steps"]
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    from biolord_ray.models.encode import load_sentence_model, sentence_model_dir
 
     torch.manual_seed(tcfg.seed)
     base_dir = sentence_model_dir(tcfg.base_model, models.cache_dir, models.trust_remote_code)
@@ -219,7 +232,6 @@ def train_loop_per_worker(config: dict) -> None:
                                 trust_remote_code=models.trust_remote_code)
     model.max_seq_length = tcfg.max_seq_length
     loss_module = phase.make_loss(model, tcfg)
-    loaded = time.time()
     if not tcfg.use_gpu:
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op with g++ when it
         # starts (20 to 80 s on a cold ~/.cache/torch_extensions, again whenever another
@@ -231,11 +243,50 @@ def train_loop_per_worker(config: dict) -> None:
         model=loss_module, model_parameters=[p for p in loss_module.parameters()
                                              if p.requires_grad],
         config=deepspeed_config(tcfg, world_size, total_steps))
-    collate = phase.make_collate(model)
-    run = _Run(engine, model, collate, tcfg, config, rank, world_size, device)
+    return Step(engine, model, phase.make_collate(model), base_dir, device)
+
+
+def single_process_group(use_gpu: bool) -> None:
+    """A one-process torch process group (NCCL on a GPU, gloo otherwise) for driving
+    ``build_step`` without Ray Train, which sets one up on each of its workers."""
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    with socket.socket() as free:  # a free port for the group's rendezvous
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it to place the engine
+    dist.init_process_group("nccl" if use_gpu else "gloo",
+                            init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+# ---------------------------------------------------------------------------------------
+# On each Ray Train worker
+
+def train_loop_per_worker(config: dict) -> None:
+    started = time.time()
+    import deepspeed  # noqa: F401  (timed with the other imports)
+    import ray.train
+    import ray.train.torch
+
+    imported = time.time()
+    phase: Phase = config["phase"]
+    tcfg: TrainConfig = config["train"]
+    models: ModelsConfig = config["models"]
+    total_steps: int = config["total_steps"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    step = build_step(phase, tcfg, models, device, world_size, total_steps)
+    engine = step.engine
+    loaded = time.time()
+    run = _Run(step, tcfg, config, rank, world_size)
     run.print(f"worker ready in {time.time() - started:.1f} s (imports "
-              f"{imported - started:.1f} s, model {loaded - imported:.1f} s, DeepSpeed "
-              f"{time.time() - loaded:.1f} s)")
+              f"{imported - started:.1f} s, model and DeepSpeed {loaded - imported:.1f} s)")
 
     state = LoopState()
     checkpoint = ray.train.get_checkpoint()
@@ -248,7 +299,7 @@ def train_loop_per_worker(config: dict) -> None:
                   f"{state.micro_batch} micro-batches in)")
     elif phase.validate_base:
         # The base model's scores: step 0 of the validation curve.
-        state.history.append(run.validate(state, base_dir))
+        state.history.append(run.validate(state, step.base_dir))
     run.start_window()
     resumed_from = run.first_step = state.step
     if checkpoint and state.step >= total_steps:
@@ -267,7 +318,7 @@ def train_loop_per_worker(config: dict) -> None:
         skip = state.micro_batch if epoch == state.epoch else 0
         state.epoch, state.micro_batch = epoch, 0
         batches = train_shard.iter_torch_batches(
-            batch_size=tcfg.batch_size, drop_last=True, collate_fn=collate,
+            batch_size=tcfg.batch_size, drop_last=True, collate_fn=step.collate,
             local_shuffle_buffer_size=tcfg.batch_size * 8, local_shuffle_seed=tcfg.seed + epoch)
         for batch in run.timed(batches):
             state.micro_batch += 1
@@ -293,16 +344,18 @@ def train_loop_per_worker(config: dict) -> None:
 class _Run:
     """One worker's engine, data and bookkeeping (kept out of the loop body for reading)."""
 
-    def __init__(self, engine, model, collate, tcfg: TrainConfig, config: dict, rank: int,
-                 world_size: int, device):
+    def __init__(self, step: Step, tcfg: TrainConfig, config: dict, rank: int,
+                 world_size: int):
         from ray.util.metrics import Gauge
 
-        self.engine, self.model, self.collate, self.tcfg = engine, model, collate, tcfg
+        self.step, self.tcfg = step, tcfg
+        self.engine, self.model, self.collate = step.engine, step.model, step.collate
+        self.precision = resolve_precision(tcfg)
         self.phase_name = config["phase"].name
         self.suite = config["suite"]
         self.has_validation = config["has_validation"]
         self.total_steps = config["total_steps"]
-        self.rank, self.world_size, self.device = rank, world_size, device
+        self.rank, self.world_size, self.device = rank, world_size, step.device
         self.started = time.time()
         self.first_step = 0
         self.start_window()
@@ -337,9 +390,7 @@ class _Run:
             print(f"[{self.phase_name}] {message}", flush=True)
 
     def train_step(self, batch: dict) -> None:
-        loss = self.engine(**_to_device(batch, self.device))
-        self.engine.backward(loss)
-        self.engine.step()
+        loss = self.step(batch)
         self.loss_sum += float(loss.detach())
         self.batches += 1
         self.rows += self.tcfg.batch_size * self.world_size
@@ -395,12 +446,12 @@ class _Run:
                 row["val_loss"] = float(total[0] / total[1])
         if self.rank == 0 and self.suite is not None:
             from biolord_ray.evaluation import main_score
-            from biolord_ray.evaluation.embed import Embedder, load_sentence_model
+            from biolord_ray.models.encode import Embedder, load_sentence_model
 
             scored = load_sentence_model(model_dir, device=str(self.device))
             # Encoded as it trains: under bf16 autocast when the forward pass runs in it.
             results = self.suite.run(scored, Embedder(
-                scored, bf16_autocast=resolve_precision(self.tcfg) == "bf16-mixed"))
+                scored, bf16_autocast=self.precision == "bf16-mixed"))
             row.update({f"val/{name}": r[r["main_metric"]] for name, r in results.items()})
             row[SCORE] = main_score(results)
             del scored

@@ -88,3 +88,17 @@ def _world_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class EmbeddingRegressionLoss(nn.Module):
+    """sentence-transformers' ``MSELoss`` (the student's embedding regressed onto the teacher's)
+    with keyword inputs: the training loop calls ``loss(**batch)`` for every phase."""
+
+    def __init__(self, model: nn.Module):
+        from sentence_transformers.sentence_transformer.losses import MSELoss
+
+        super().__init__()
+        self.mse = MSELoss(model)  # the attribute name is in every checkpoint's state keys
+
+    def forward(self, text: dict[str, Tensor], target: Tensor) -> Tensor:
+        return self.mse([text], target)

@@ -201,7 +201,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import pandas as pd
 
     from biolord_ray.evaluation import build_suite, main_score
-    from biolord_ray.evaluation.embed import Embedder, load_sentence_model, sentence_model_dir
+    from biolord_ray.models.encode import Embedder, load_sentence_model, sentence_model_dir
 
     with run_dir.fs.open_input_stream(run_dir.output(distill.STAGE, "trials")) as f:
         trials = pd.read_csv(f).sort_values(loop.SCORE, ascending=False)

@@ -59,7 +59,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
 
 
 def teacher_dir(cfg: PipelineConfig, run_dir: RunDir) -> str:
-    from biolord_ray.evaluation.embed import sentence_model_dir
+    from biolord_ray.models.encode import sentence_model_dir
 
     spec = cfg.targets.teacher or run_dir.output(contrastive.STAGE, "model")
     return sentence_model_dir(spec, cfg.models.cache_dir, cfg.models.trust_remote_code)
@@ -185,7 +185,7 @@ class TargetEncoder:
     per text with its concept's target out."""
 
     def __init__(self, model_dir: str, batch_size: int):
-        from biolord_ray.evaluation.embed import EncoderActor
+        from biolord_ray.models.encode import EncoderActor
 
         self.encoder = EncoderActor(model_dir, batch_size)
 

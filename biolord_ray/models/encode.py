@@ -1,4 +1,5 @@
-"""Loading a model to evaluate, and embedding texts with it (in process or on Ray Data actors)."""
+"""Loading a sentence-transformers model, and embedding texts with it (in process or on Ray
+Data actors). Shared by every stage that encodes: training, targets, evaluation, soup."""
 
 from __future__ import annotations
 
@@ -68,13 +69,8 @@ class Embedder:
             if self.model_dir is not None and len(new) >= self.ray_min_texts:
                 vectors = self._embed_on_ray(new)
             else:
-                import torch
-
-                with torch.autocast(self.model.device.type, dtype=torch.bfloat16,
-                                    enabled=self.bf16_autocast):
-                    vectors = self.model.encode(
-                        new, batch_size=self.batch_size, normalize_embeddings=True,
-                        convert_to_numpy=True, show_progress_bar=len(new) > 5000)
+                vectors = encode(self.model, new, self.batch_size, self.bf16_autocast,
+                                 show_progress_bar=len(new) > 5000)
             self._cache.update(zip(new, vectors.astype(np.float32, copy=False), strict=True))
         return np.stack([self._cache[t] for t in texts])
 
@@ -91,7 +87,8 @@ class Embedder:
         ds = ds.repartition(max(self.concurrency * 4, len(texts) // 20_000))
         out = ds.map_batches(
             EncoderActor, fn_constructor_kwargs={"model_dir": self.model_dir,
-                                                 "batch_size": self.batch_size},
+                                                 "batch_size": self.batch_size,
+                                                 "bf16_autocast": self.bf16_autocast},
             batch_size=max(self.batch_size * 8, 256), concurrency=self.concurrency,
             num_gpus=self.num_gpus, num_cpus=None if self.num_gpus else 1,
             batch_format="numpy")
@@ -105,13 +102,24 @@ class Embedder:
 class EncoderActor:
     """A Ray Data actor holding one copy of the model (loaded once, reused for every batch)."""
 
-    def __init__(self, model_dir: str, batch_size: int):
+    def __init__(self, model_dir: str, batch_size: int, bf16_autocast: bool = False):
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus, so torch uses only its share.
         self.model = load_sentence_model(model_dir)
         self.batch_size = batch_size
+        self.bf16_autocast = bf16_autocast
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Adds an ``embedding`` column (unit length) for the ``text`` column."""
-        vectors = self.model.encode(list(batch["text"]), batch_size=self.batch_size,
-                                    normalize_embeddings=True, convert_to_numpy=True)
+        vectors = encode(self.model, list(batch["text"]), self.batch_size, self.bf16_autocast)
         return {**batch, "embedding": vectors.astype(np.float32)}
+
+
+def encode(model, texts: list[str], batch_size: int, bf16_autocast: bool = False,
+           show_progress_bar: bool = False) -> np.ndarray:
+    """Unit-length embeddings of ``texts`` (``model.encode``), optionally under
+    ``torch.autocast(bf16)``: how a model trained in bf16-mixed runs its forward pass."""
+    import torch
+
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16_autocast):
+        return model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                            convert_to_numpy=True, show_progress_bar=show_progress_bar)
