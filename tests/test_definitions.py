@@ -53,7 +53,7 @@ def test_validation_rules_on_hand_made_answers(answer, finish, reason):
 
 def test_every_reason_is_listed():
     assert set(validate.REASONS) == {"empty", "truncated", "refusal", "repeats_prompt",
-                                     "too_short", "off_topic", "vacuous"}
+                                     "too_short", "off_topic", "vacuous", "engine_error"}
 
 
 MICROCEPHALY_TERMS = ["microcephaly, short stature, and impaired glucose metabolism", "MSSGM1",
@@ -165,6 +165,62 @@ def test_consolidation_rechecks_answers_written_under_an_older_gate(tmp_path):
         {"valid": True, "reason": ""}, {"valid": False, "reason": "vacuous"}]
 
 
+def test_a_failed_request_is_stored_as_an_engine_error_and_stays_one_on_recheck(tmp_path):
+    """ray.data.llm hands a request the engine failed on (should_continue_on_error) past the
+    postprocess with its error message; it becomes an invalid answer, not a failed batch."""
+    from biolord_ray.definitions import generate
+
+    params = {"max_tokens": 8, "temperature": 0.0}
+    failed = {"concept_id": "B", "prompt": "...", "num_input_tokens": 0, "request_id": -1,
+              "__inference_error__": "ValueError: prompt of 5000 tokens > max_model_len 4096"}
+    answered = {**generate._to_definition(
+        {"concept_id": "A", "generated_text": "Nocturnal enuresis is bedwetting during sleep.",
+         "num_generated_tokens": 7, "num_input_tokens": 30, "time_taken_llm": 0.5,
+         "user_prompt": "", "concept_terms": ["nocturnal enuresis"]}, "m", "t", params, 5),
+        "__inference_error__": ""}
+    rows = [generate._quarantine_engine_error(dict(r), "m", "t", params)
+            for r in (answered, failed)]
+    table = pa.Table.from_pylist(rows, schema=generate.DEFINITION_SCHEMA)
+    assert table.select(["concept_id", "finish_reason", "valid", "reason"]).to_pylist() == [
+        {"concept_id": "A", "finish_reason": "stop", "valid": True, "reason": ""},
+        {"concept_id": "B", "finish_reason": "error", "valid": False, "reason": "engine_error"}]
+    assert "max_model_len" in table["definition"][1].as_py()
+
+    prompts = pa.table({"concept_id": ["A", "B"], "user_prompt": ["", ""],
+                        "concept_terms": [["nocturnal enuresis"], ["microcephaly"]]})
+    pq.write_table(prompts, tmp_path / "prompts.parquet")
+    rechecked = generate._recheck(table, pafs.LocalFileSystem(), str(tmp_path), min_words=5)
+    assert rechecked["reason"].to_pylist() == ["", "engine_error"]
+    assert generate._summary(rechecked, "m", "t", DefinitionsConfig(max_tokens=8))[
+        "invalid_by_reason"] == {"engine_error": 1}
+
+
+def test_steady_rate_runs_from_the_first_request_in_to_the_last_answer_out(tmp_path):
+    """Each answer carries its time out and its time in the engine; the steady rate leaves
+    the engine's start out, and shards of older runs (no timing) give none."""
+    from biolord_ray.definitions import generate
+
+    fs = pafs.LocalFileSystem()
+    timed = [pa.table({"output_tokens": pa.array([10, 20], pa.int32()),
+                       "answered_at": [100.0, 104.0], "llm_seconds": [2.0, 3.0]}),
+             pa.table({"output_tokens": pa.array([30], pa.int32()),
+                       "answered_at": [110.0], "llm_seconds": [5.0]})]
+    files = []
+    for i, shard in enumerate(timed):
+        files.append(str(tmp_path / f"shard-{i}.parquet"))
+        pq.write_table(shard, files[-1])
+    rates = generate._throughput(fs, files, since=0.0, seconds=20.0)
+    # First request in at 100 - 2 = 98, last answer out at 110: 60 tokens in 12 s.
+    assert rates["steady_output_tokens_per_second"] == 5.0
+    assert rates["output_tokens_per_second"] == 3.0  # 60 tokens over the 20 s of the run
+    assert rates["generated_this_run"] == 3
+
+    old = str(tmp_path / "old.parquet")
+    pq.write_table(timed[0].select(["output_tokens"]), old)
+    assert generate._throughput(fs, [old], since=0.0, seconds=20.0)[
+        "steady_output_tokens_per_second"] is None
+
+
 def test_answer_metrics_reach_the_node_metrics_endpoint(ray_local, node_metrics):
     """Counters incremented in Ray workers appear on the node's Prometheus endpoint."""
     from biolord_ray.definitions import generate
@@ -173,6 +229,9 @@ def test_answer_metrics_reach_the_node_metrics_endpoint(ray_local, node_metrics)
     def answer(reason, tokens):
         generate._record_answer(reason, tokens)
 
-    ray_local.get([answer.remote("", 12), answer.remote("off_topic", 5)])
+    # An empty answer or a failed request generated no tokens (Counter.inc refuses 0).
+    ray_local.get([answer.remote("", 12), answer.remote("off_topic", 5),
+                   answer.remote("engine_error", 0)])
     node_metrics.wait_for("ray_biolord_definitions_generated_total", lambda lines: all(
-        any(f'outcome="{o}"' in line for line in lines) for o in ("valid", "off_topic")))
+        any(f'outcome="{o}"' in line for line in lines)
+        for o in ("valid", "off_topic", "engine_error")))

@@ -54,11 +54,18 @@ DEFINITION_SCHEMA = pa.schema([
     ("sampling_params", pa.string()),  # JSON
     ("prompt_tokens", pa.int32()),
     ("output_tokens", pa.int32()),
-    ("finish_reason", pa.string()),    # "stop" or "length"
-    ("definition", pa.string()),
+    ("finish_reason", pa.string()),    # "stop", "length", or "error" (the engine failed)
+    ("definition", pa.string()),       # the answer, or the engine's error message
     ("valid", pa.bool_()),
     ("reason", pa.string()),           # "" when valid, else one of validate.REASONS
 ])
+
+
+# ray.data.llm's column for a request that failed (should_continue_on_error), and the
+# finish_reason such an answer is stored with.
+ENGINE_ERROR_COLUMN, ENGINE_ERROR_FINISH = "__inference_error__", "error"
+# Timing columns of the shards (dropped when they are consolidated into DEFINITION_SCHEMA).
+ANSWERED_AT, LLM_SECONDS = "answered_at", "llm_seconds"
 
 
 def sampling_params(cfg: DefinitionsConfig) -> dict:
@@ -254,7 +261,8 @@ def _recheck(table: pa.Table, fs, prompts_dir: str, min_words: int) -> pa.Table:
         .sort_by("concept_id")
     if not prompts["concept_id"].equals(table["concept_id"]):
         raise RuntimeError(f"{STAGE}: the answers and the prompts name different concepts")
-    reasons = [validate.check(text or "", finish, prompt, terms, min_words=min_words)
+    reasons = ["engine_error" if finish == ENGINE_ERROR_FINISH
+               else validate.check(text or "", finish, prompt, terms, min_words=min_words)
                for text, finish, prompt, terms in zip(
                    table["definition"].to_pylist(), table["finish_reason"].to_pylist(),
                    prompts["user_prompt"].to_pylist(), prompts["concept_terms"].to_pylist(),
@@ -288,6 +296,9 @@ def _generate(prompts, cfg: DefinitionsConfig, model_tag: str, thash: str, model
         chat_template_stage={"num_cpus": cfg.helper_cpus},
         tokenize_stage={"num_cpus": cfg.helper_cpus},
         detokenize_stage={"num_cpus": cfg.helper_cpus},
+        # A request the engine rejects or fails (a prompt over max_model_len, say) comes out
+        # as a row with __inference_error__ instead of failing its whole batch.
+        should_continue_on_error=True,
     )
     processor = build_processor(
         config,
@@ -297,7 +308,9 @@ def _generate(prompts, cfg: DefinitionsConfig, model_tag: str, thash: str, model
         preprocess_map_kwargs={"num_cpus": cfg.helper_cpus},
         postprocess_map_kwargs={"num_cpus": cfg.helper_cpus},
     )
-    return processor(prompts)
+    quarantine = functools.partial(_quarantine_engine_error, model=model_tag, thash=thash,
+                                   params=sampling_params(cfg))
+    return processor(prompts).map(quarantine, num_cpus=cfg.helper_cpus)
 
 
 def _has_serve() -> bool:
@@ -329,7 +342,25 @@ def _to_definition(row: dict, model: str, thash: str, params: dict, min_words: i
             "sampling_params": json.dumps(params, sort_keys=True),
             "prompt_tokens": int(row["num_input_tokens"]),
             "output_tokens": int(row["num_generated_tokens"]), "finish_reason": finish,
-            "definition": text, "valid": reason == "", "reason": reason}
+            "definition": text, "valid": reason == "", "reason": reason,
+            # When the answer came out, and how long its request was in the engine: this
+            # run's steady generation rate (``_throughput``). Shards only, not the output.
+            ANSWERED_AT: time.time(), LLM_SECONDS: float(row.get("time_taken_llm", -1))}
+
+
+def _quarantine_engine_error(row: dict, model: str, thash: str, params: dict) -> dict:
+    """An answer row as it is; a failed request (which skips ``_to_definition``) as an
+    invalid answer with reason "engine_error", so it is stored, counted and not retried."""
+    error = row.pop(ENGINE_ERROR_COLUMN, "")
+    if not error:
+        return row
+    log.warning("%s: the engine failed on concept %s: %s", STAGE, row["concept_id"], error)
+    _record_answer("engine_error", 0)
+    return {"concept_id": row["concept_id"], "model": model, "template_hash": thash,
+            "sampling_params": json.dumps(params, sort_keys=True),
+            "prompt_tokens": int(row.get("num_input_tokens") or 0), "output_tokens": 0,
+            "finish_reason": ENGINE_ERROR_FINISH, "definition": error[:1000], "valid": False,
+            "reason": "engine_error", ANSWERED_AT: time.time(), LLM_SECONDS: -1.0}
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,7 +378,8 @@ def _metrics():
 def _record_answer(reason: str, output_tokens: int) -> None:
     answers, tokens = _metrics()
     answers.inc(1, tags={"outcome": reason or "valid"})
-    tokens.inc(output_tokens)
+    if output_tokens > 0:  # Counter.inc refuses 0 (an empty answer, a failed request)
+        tokens.inc(output_tokens)
 
 
 def _export_throughput(summary: dict) -> None:
@@ -375,15 +407,30 @@ def _summary(table: pa.Table, model: str, thash: str, cfg: DefinitionsConfig) ->
 
 
 def _throughput(fs, files: list[str], since: float, seconds: float) -> dict:
-    """Rates of this run: the shards written after generation started, over its duration
-    (engine start-up included; ``first_shard_seconds`` shows how much of it that was)."""
+    """Rates of this run, over the shards written after generation started.
+
+    End to end: over the whole generation (engine start-up included; ``first_shard_seconds``
+    shows how much of it that was). Steady: the same tokens over the time from the first
+    request entering an engine (an answer's time out less its time in the engine) to the
+    last answer out, which leaves the start-up out whatever the input size."""
     written = {p: fs.get_file_info(p).mtime.timestamp() for p in files}
     new = [p for p, mtime in written.items() if mtime >= since]
-    tables = [pq.read_table(p, filesystem=fs, columns=["output_tokens"]) for p in new]
+    wanted = ("output_tokens", ANSWERED_AT, LLM_SECONDS)  # shards of older runs lack timing
+    tables = [pq.read_table(p, filesystem=fs, columns=[
+        c for c in wanted if c in pq.read_schema(p, filesystem=fs).names]) for p in new]
     rows = sum(t.num_rows for t in tables)
     tokens = sum(pc.sum(t["output_tokens"]).as_py() or 0 for t in tables)
+    timed = [t for t in tables if ANSWERED_AT in t.column_names]
+    steady = None
+    if timed:
+        out = pa.concat_arrays([t[ANSWERED_AT].combine_chunks() for t in timed])
+        took = pa.concat_arrays([t[LLM_SECONDS].combine_chunks() for t in timed])
+        first_in = pc.min(pc.subtract(out, pc.max_element_wise(took, 0.0))).as_py()
+        window = pc.max(out).as_py() - first_in
+        steady = round(tokens / window, 1) if window > 0 else None
     return {"generated_this_run": rows, "generation_seconds": round(seconds, 1),
             "first_shard_seconds": round(min(written[p] for p in new) - since, 1)
             if new else None,
             "definitions_per_second": round(rows / seconds, 3) if seconds else 0.0,
-            "output_tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0}
+            "output_tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
+            "steady_output_tokens_per_second": steady}

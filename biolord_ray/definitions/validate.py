@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 
 # In the order they are checked; the first that applies is the reason.
+# "engine_error": the request failed in the engine (no answer to check).
 REASONS = ("empty", "truncated", "refusal", "repeats_prompt", "too_short", "off_topic",
-           "vacuous")
+           "vacuous", "engine_error")
 # Bump when ``check`` changes: it is part of the stage's settings, so a run directory
 # re-checks its stored answers (without generating them again) under the new gate.
 GATE_VERSION = 2
