@@ -37,7 +37,7 @@ import numpy as np
 from pipeline_wall_time import bare_encode_seconds
 
 from biolord_ray.config import load_config
-from biolord_ray.training.contrastive import MODEL_LABEL
+from biolord_ray.stages import CONTRASTIVE_MODEL_LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 90 * 60
@@ -86,7 +86,7 @@ def has_trained_model(run_dir: Path) -> bool:
 
 def trained_model(run_dir: Path) -> dict:
     """The train_contrastive stage's evaluation of its trained model."""
-    return read_results(trained_results(run_dir))["models"][MODEL_LABEL]
+    return read_results(trained_results(run_dir))["models"][CONTRASTIVE_MODEL_LABEL]
 
 
 def all_models(run_dir: Path, extra: dict[str, Path]) -> tuple[list[str], dict[str, dict]]:

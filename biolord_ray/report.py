@@ -19,28 +19,29 @@ import tempfile
 
 import pyarrow.fs as pafs
 
+from biolord_ray import stages
 from biolord_ray.config import PipelineConfig
 from biolord_ray.evaluation import model_label
-from biolord_ray.multilingual import student
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
-from biolord_ray.training import contrastive, soup
 
-STAGE = "report"
+STAGE = stages.REPORT
 
 
-def run(cfg: PipelineConfig, run_dir: RunDir, stages: list[str],
-        force: bool = False) -> dict:
-    """``stages``: the pipeline's stages, in order (their timings go in the report)."""
-    inputs = {name: run_dir.stage_identity(name) for name in stages}
+def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False,
+        only: list[str] | None = None) -> dict:
+    """The report of every stage the pipeline runs before it (``stages.pipeline``), or of
+    ``only`` these (a run directory that holds part of the pipeline)."""
+    inputs = stages.input_identities(STAGE, cfg, run_dir) if only is None else \
+        {name: run_dir.stage_identity(name) for name in only}
     return run_stage(run_dir, STAGE, {"eval": cfg.eval, "tune.soup": cfg.tune.soup}, inputs,
-                     lambda staging: _build(cfg, run_dir, staging, stages), force=force)
+                     lambda staging: _build(cfg, run_dir, staging, list(inputs)), force=force)
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str,
-           stages: list[str]) -> StageOutputs:
+           reported: list[str]) -> StageOutputs:
     from biolord_ray.evaluation.report import markdown, write_report
 
-    records = {name: run_dir.completed(name) for name in stages}
+    records = {name: run_dir.completed(name) for name in reported}
     outputs = {"readme": "README.md", "timings": "timings.png"}
     with tempfile.TemporaryDirectory(prefix="biolord-report-") as local:
         report = None
@@ -49,8 +50,8 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str,
             write_report(report, local)
             outputs.update(results="results.md", chart="results.png")
         _plot_timings(records, f"{local}/timings.png")
-        multilingual = markdown(_results(run_dir, student.STAGE)) \
-            if student.STAGE in records else None
+        multilingual = markdown(_results(run_dir, stages.DISTILL_MULTILINGUAL)) \
+            if stages.DISTILL_MULTILINGUAL in records else None
         with open(f"{local}/README.md", "w") as f:
             f.write(_readme(cfg, run_dir, records, markdown(report) if report else None,
                             multilingual))
@@ -64,17 +65,18 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str,
 
 def combined_report(cfg: PipelineConfig, run_dir: RunDir) -> dict:
     """One report of base, -C, -S and both soups from the two stages that scored them."""
-    trained = _results(run_dir, contrastive.STAGE)
-    souped = _results(run_dir, soup.STAGE)
+    trained = _results(run_dir, stages.TRAIN_CONTRASTIVE)
+    souped = _results(run_dir, stages.SOUP)
     base_label = model_label(cfg.contrastive.base_model)  # as train_contrastive labelled it
     models = {
-        f"base ({base_label})": _model(trained, base_label, contrastive.STAGE),
-        "BioLORD-C (contrastive)": _model(trained, contrastive.MODEL_LABEL, contrastive.STAGE),
-        "BioLORD-S (best distillation trial)": _model(souped, "best_trial", soup.STAGE)}
+        f"base ({base_label})": _model(trained, base_label, stages.TRAIN_CONTRASTIVE),
+        "BioLORD-C (contrastive)": _model(trained, stages.CONTRASTIVE_MODEL_LABEL,
+                                          stages.TRAIN_CONTRASTIVE),
+        "BioLORD-S (best distillation trial)": _model(souped, "best_trial", stages.SOUP)}
     for kind in ("greedy", "uniform"):
         exported = ", exported" if kind == cfg.tune.soup else ""
         models[f"BioLORD (soup, {kind}{exported})"] = _model(souped, f"soup_{kind}",
-                                                              soup.STAGE)
+                                                              stages.SOUP)
     return {"fast": False, "benchmarks": trained["benchmarks"], "models": models,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
@@ -103,10 +105,11 @@ def _readme(cfg: PipelineConfig, run_dir: RunDir, records: dict, results_md: str
              "## Models", "",
              # The models of the stages in this report (a run may have only some of them).
              *[f"- {label}: `{run_dir.output(stage, output)}`" for label, stage, output in (
-                 ("BioLORD-C (contrastive)", contrastive.STAGE, "model"),
-                 ("BioLORD-S (best distillation trial)", soup.STAGE, "model_s"),
-                 (f"BioLORD (soup, {cfg.tune.soup}, exported)", soup.STAGE, "model"),
-                 ("BioLORD-M (multilingual)", student.STAGE, "model")) if stage in records],
+                 ("BioLORD-C (contrastive)", stages.TRAIN_CONTRASTIVE, "model"),
+                 ("BioLORD-S (best distillation trial)", stages.SOUP, "model_s"),
+                 (f"BioLORD (soup, {cfg.tune.soup}, exported)", stages.SOUP, "model"),
+                 ("BioLORD-M (multilingual)", stages.DISTILL_MULTILINGUAL, "model"))
+               if stage in records],
              ""]
     if results_md:
         lines += [_nested(results_md, "## Evaluation (full suite)"), "![results](results.png)",

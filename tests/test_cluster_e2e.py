@@ -35,6 +35,7 @@ from conftest import assert_dashboard_locked, readable_rows
 
 from biolord_ray.definitions.generate import DEFINITION_SCHEMA
 from biolord_ray.runtime import small_node_env
+from biolord_ray.stages import STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -216,6 +217,9 @@ def test_pipeline_submitted_to_a_two_node_cluster_survives_faults(tmp_path):
               "train_contrastive", "teacher_targets", "distill", "soup", "report"]
     assert {s: manifest["stages"][s]["status"] for s in stages} == dict.fromkeys(stages,
                                                                                  "complete")
+    # Each stage wrote the outputs the registry says it provides.
+    for name in stages:
+        assert set(manifest["stages"][name]["outputs"]) <= set(STAGES[name].outputs), name
 
     # Nothing lost or duplicated by the killed driver, and nothing generated twice.
     summary = json.loads((run_dir / "generate_definitions" / "summary.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from biolord_ray.cli import stage_parser
+from biolord_ray.cli import build_parser
 from biolord_ray.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,8 @@ def _check_job_command(command: str, data_dir: Path):
     assert args[0] == "python"
     script = REPO / args[1].removeprefix(IMAGE_WORKDIR)
     assert script.is_file(), f"{args[1]}: no such job in the project"
-    parsed = stage_parser("test").parse_args(args[2:])
+    command = re.search(r'main\(\["(\w+)"', script.read_text()).group(1)  # its biolord-ray command
+    parsed = build_parser().parse_args([command, *args[2:]])
     overrides = [re.sub(r"^kg\.path=.*", f"kg.path={data_dir}", o) for o in parsed.overrides]
     if parsed.run_dir:
         overrides.append(f"run_dir={parsed.run_dir}")

@@ -13,13 +13,14 @@ from biolord_ray.kg.schema import CONCEPT_SCHEMA, RELATION_SCHEMA
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _job(*args):
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / "ingest_kg.py"), *args],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+def _job(*args, command=(sys.executable, str(ROOT / "jobs" / "ingest_kg.py"))):
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
 
 
 def _record(stdout):
-    return json.loads(stdout[stdout.index("{\n"):])
+    return json.loads(next(line for line in stdout.splitlines()
+                           if line.startswith('{"stage": "ingest_kg"')))
 
 
 def test_default_config_writes_mondo_then_skips_on_rerun(tmp_path):
@@ -36,7 +37,10 @@ def test_default_config_writes_mondo_then_skips_on_rerun(tmp_path):
     assert set(relations["head_id"].to_pylist()) <= set(ids)
     assert record["counts"]["relations"] == relations.num_rows > 0
 
-    second = _job("--run-dir", run, "--set", "kg.max_concepts=300", "--set", "ray.num_cpus=2")
+    # Again through the console command the package installs: same stage, skipped.
+    console = Path(sys.executable).parent / "biolord-ray"
+    second = _job("--run-dir", run, "--set", "kg.max_concepts=300", "--set", "ray.num_cpus=2",
+                  command=(str(console), "ingest"))
     assert second.returncode == 0, second.stderr[-3000:]
     assert _record(second.stdout)["started_at"] == record["started_at"]  # skipped
     assert "complete for this config and inputs, skipped" in second.stderr

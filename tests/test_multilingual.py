@@ -223,22 +223,10 @@ def test_student_learns_to_embed_translations_like_the_teacher(umls_run):
     assert (Path(run_dir.path(student.STAGE)) / "history.png").stat().st_size > 0
 
     # The run's report has the student's section.
-    report.run(cfg, run_dir, [ingest.STAGE, parallel.STAGE, student.STAGE])
+    report.run(cfg, run_dir, only=[ingest.STAGE, parallel.STAGE, student.STAGE])
     readme = (Path(run_dir.path(report.STAGE)) / "README.md").read_text()
     for line in ("## Multilingual student (BioLORD-M)", "| teacher |", "| multilingual |",
                  "\n#### translation-es", "BioLORD-M (multilingual): `"):
         assert line in readme, line
 
 
-def test_the_main_job_runs_the_multilingual_stages_only_when_enabled():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "full_pipeline", Path(__file__).parents[1] / "jobs" / "full_pipeline.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    cfg = load_config(None, [])
-    assert parallel.STAGE not in job.pipeline_stages(cfg)
-    cfg.multilingual.enabled = True
-    stages = job.pipeline_stages(cfg)
-    assert stages[-3:] == [parallel.STAGE, student.STAGE, report.STAGE]

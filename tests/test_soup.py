@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from biolord_ray import report
+from biolord_ray import report, stages
 from biolord_ray.config import ConfigError, TargetsConfig, load_config
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
 from biolord_ray.training import contrastive, soup, targets
@@ -178,14 +178,14 @@ def test_run_report_shows_base_c_s_and_both_soups_with_general_sts(tmp_path):
     run_dir = RunDir(str(tmp_path / "run"))
     # The trained model first: the report reads models by label, not by position.
     _scored_stage(run_dir, contrastive.STAGE,
-                  {contrastive.MODEL_LABEL: (0.46, 0.94, 0.70),
+                  {stages.CONTRASTIVE_MODEL_LABEL: (0.46, 0.94, 0.70),
                    "all-MiniLM-L6-v2": (0.40, 0.90, 0.82)}, {"model": "model"})
     _scored_stage(run_dir, soup.STAGE,
                   {"teacher": (0.46, 0.94, 0.70), "best_trial": (0.47, 0.95, 0.78),
                    "soup_greedy": (0.48, 0.96, 0.80), "soup_uniform": (0.45, 0.93, 0.81)},
                   {"model": "model", "model_s": "model_s"})
     cfg = load_config(None, ["tune.soup=uniform", f"run_dir={tmp_path / 'run'}"])
-    record = report.run(cfg, run_dir, [contrastive.STAGE, soup.STAGE])
+    record = report.run(cfg, run_dir, only=[contrastive.STAGE, soup.STAGE])
 
     readme = (tmp_path / "run" / "report" / "README.md").read_text()
     # Columns: ehr-rel-a, kg-linking, biomedical mean (by hand), general STS.

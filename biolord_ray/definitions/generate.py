@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from biolord_ray import stages
 from biolord_ray.broadcast import lookup_join
 from biolord_ray.config import DefinitionsConfig, PipelineConfig
 from biolord_ray.definitions import validate
@@ -44,7 +45,7 @@ from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
 
 log = logging.getLogger(__name__)
 
-STAGE = "generate_definitions"
+STAGE = stages.GENERATE_DEFINITIONS
 SOURCE = "llm"  # the definitions' source tag in training pairs
 
 DEFINITION_SCHEMA = pa.schema([
@@ -87,7 +88,7 @@ def stage_settings(cfg: DefinitionsConfig) -> dict:
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     return run_stage(run_dir, STAGE, stage_settings(cfg.definitions),
-                     {"kg": run_dir.stage_identity(ingest.STAGE)},
+                     stages.input_identities(STAGE, cfg, run_dir),
                      lambda staging: _build(cfg, run_dir, staging), force=force)
 
 
@@ -176,7 +177,7 @@ def _write_prompts(cfg: PipelineConfig, run_dir: RunDir, path: str) -> tuple[str
         fs.delete_dir(path)
     dcfg = cfg.definitions
     concepts = ingest.english_concepts(run_dir)
-    relations = ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations"), filesystem=fs)
+    relations = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "relations"), filesystem=fs)
     dataset = prompt_dataset(concepts, relations, dcfg, cfg.kg.shuffle_partitions,
                              ingest.english_names(run_dir))
     write_parquet(dataset, path, fs, PROMPT_SCHEMA, cfg.kg.rows_per_file)

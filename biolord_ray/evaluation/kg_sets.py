@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from biolord_ray import stages
 from biolord_ray.config import EvalConfig, PipelineConfig
 from biolord_ray.kg import ingest
 from biolord_ray.kg.schema import IS_A
@@ -32,7 +33,7 @@ from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
 
 log = logging.getLogger(__name__)
 
-STAGE = "eval_sets"
+STAGE = stages.EVAL_SETS
 # Part of the stage's identity: bump it when the way the sets are drawn changes, so existing
 # run directories rebuild them.
 SETS_VERSION = 2
@@ -57,7 +58,7 @@ def stage_settings(cfg: EvalConfig) -> dict:
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     return run_stage(run_dir, STAGE, stage_settings(cfg.eval),
-                     {"kg": run_dir.stage_identity(ingest.STAGE)},
+                     stages.input_identities(STAGE, cfg, run_dir),
                      lambda staging: _build(cfg.eval, run_dir, staging), force=force)
 
 
@@ -165,7 +166,7 @@ def _hierarchy_pairs(cfg: EvalConfig, run_dir: RunDir) -> pa.Table:
     import ray
     import ray.data
 
-    relations = ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations"),
+    relations = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "relations"),
                                       filesystem=run_dir.fs) \
         .select_columns(["head_id", "relation", "tail_id"])
     # One pass: each block keeps its lowest draws, the driver the lowest of those (memory:
@@ -199,7 +200,7 @@ def _preferred_names(run_dir: RunDir, ids: list[str]) -> list[tuple[str, str]]:
     filter: no Ray Data pass for them."""
     import pyarrow.dataset as pads
 
-    found = pads.dataset(run_dir.output(ingest.STAGE, "concepts"), filesystem=run_dir.fs,
+    found = pads.dataset(run_dir.output(stages.INGEST_KG, "concepts"), filesystem=run_dir.fs,
                          format="parquet").to_table(
         columns=["concept_id", "preferred_name"],
         filter=pc.field("concept_id").isin(pa.array(ids, pa.string()))

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from biolord_ray import stages
 from biolord_ray.config import EvalConfig
 from biolord_ray.evaluation import kg_sets, metrics
 from biolord_ray.evaluation.pairs import BIOMEDICAL, BUNDLED, GENERAL, PairSet, load_pairs
@@ -183,9 +184,9 @@ def file_tasks(cfg: EvalConfig) -> list[Task]:
 def kg_tasks(run_dir: RunDir, cfg: EvalConfig, fast: bool = False) -> list[Task]:
     """Entity linking, definition retrieval and hierarchy from the run's ``eval_sets`` stage."""
     fs = run_dir.fs
-    names = pq.read_table(run_dir.output(kg_sets.STAGE, "names"), filesystem=fs)
-    definitions = pq.read_table(run_dir.output(kg_sets.STAGE, "definitions"), filesystem=fs)
-    hierarchy = pq.read_table(run_dir.output(kg_sets.STAGE, "hierarchy"), filesystem=fs)
+    names = pq.read_table(run_dir.output(stages.EVAL_SETS, "names"), filesystem=fs)
+    definitions = pq.read_table(run_dir.output(stages.EVAL_SETS, "definitions"), filesystem=fs)
+    hierarchy = pq.read_table(run_dir.output(stages.EVAL_SETS, "hierarchy"), filesystem=fs)
 
     max_queries = cfg.fast_max_queries if fast else cfg.max_queries
     synonyms = _first(names.filter(names["held_out"]).sort_by("draw"), max_queries)
@@ -220,9 +221,8 @@ def kg_tasks(run_dir: RunDir, cfg: EvalConfig, fast: bool = False) -> list[Task]
 def translation_tasks(run_dir: RunDir, cfg: EvalConfig, fast: bool = False) -> list[Task]:
     """One task per language from the held-out pairs of the ``parallel_data`` stage: each
     English text once (with its first translation), in a seeded order, capped."""
-    from biolord_ray.multilingual import parallel
 
-    rows = pq.read_table(run_dir.output(parallel.STAGE, "validation"), filesystem=run_dir.fs)
+    rows = pq.read_table(run_dir.output(stages.PARALLEL_DATA, "validation"), filesystem=run_dir.fs)
     rows = rows.filter(pc.equal(rows["kind"], "translation"))
     cap = cfg.fast_max_queries if fast else cfg.max_queries
     tasks: list[Task] = []

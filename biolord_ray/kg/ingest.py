@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from biolord_ray import stages
 from biolord_ray.broadcast import lookup_join
 from biolord_ray.config import BUNDLED_KG_FORMATS, KGConfig, KGSource, PipelineConfig, to_dict
 from biolord_ray.kg import merge, mondo, obo
@@ -35,7 +36,7 @@ from biolord_ray.run_dir import (
 
 log = logging.getLogger(__name__)
 
-STAGE = "ingest_kg"
+STAGE = stages.INGEST_KG
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:

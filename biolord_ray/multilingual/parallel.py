@@ -31,14 +31,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from biolord_ray import stages
 from biolord_ray.config import PipelineConfig
 from biolord_ray.evaluation.kg_sets import draw
-from biolord_ray.kg import ingest
 from biolord_ray.run_dir import RunDir, StageOutputs, fingerprint, run_stage, write_parquet
 
 log = logging.getLogger(__name__)
 
-STAGE = "parallel_data"
+STAGE = stages.PARALLEL_DATA
 SPLITS = ("train", "validation")
 REQUIRED_COLUMNS = ("source", "target", "language")
 # Texts per encoder call (see training/targets.py: large calls pad less).
@@ -67,13 +67,8 @@ def row_schema(dim: int) -> pa.Schema:
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     mcfg = cfg.multilingual
-    inputs = {"files": [fingerprint(path) for path in mcfg.files]}
-    if mcfg.from_kg:
-        inputs["kg"] = run_dir.stage_identity(ingest.STAGE)
-    if mcfg.teacher is None:
-        from biolord_ray.training import soup
-
-        inputs["teacher"] = run_dir.stage_identity(soup.STAGE)
+    inputs = {"files": [fingerprint(path) for path in mcfg.files],
+              **stages.input_identities(STAGE, cfg, run_dir)}
     settings = {k: v for k, v in vars(mcfg).items() if k not in ("enabled", "train")}
     return run_stage(run_dir, STAGE, settings, inputs,
                      lambda staging: _build(cfg, run_dir, staging), force=force)
@@ -81,9 +76,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
 
 def teacher_dir(cfg: PipelineConfig, run_dir: RunDir) -> str:
     from biolord_ray.models.encode import sentence_model_dir
-    from biolord_ray.training import soup
 
-    spec = cfg.multilingual.teacher or run_dir.output(soup.STAGE, "model")
+    spec = cfg.multilingual.teacher or run_dir.output(stages.SOUP, "model")
     return sentence_model_dir(spec, cfg.models.cache_dir, cfg.models.trust_remote_code)
 
 
@@ -96,7 +90,8 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     mcfg, fs = cfg.multilingual, run_dir.fs
     sources = []
     if mcfg.from_kg:
-        concepts = ray.data.read_parquet(run_dir.output(ingest.STAGE, "concepts"), filesystem=fs)
+        concepts = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "concepts"),
+                                         filesystem=fs)
         sources.append(concepts.map_batches(kg_pairs, batch_format="pyarrow",
                                             fn_kwargs={"languages": mcfg.languages}))
     sources += [read_parallel_file(path).map_batches(

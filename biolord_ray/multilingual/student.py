@@ -20,6 +20,7 @@ import tempfile
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from biolord_ray import stages
 from biolord_ray.config import PipelineConfig, config_hash
 from biolord_ray.multilingual import parallel
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
@@ -28,11 +29,11 @@ from biolord_ray.training.phases import MULTILINGUAL
 
 log = logging.getLogger(__name__)
 
-STAGE = "distill_multilingual"
+STAGE = stages.DISTILL_MULTILINGUAL
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
-    inputs = {"parallel": run_dir.stage_identity(parallel.STAGE)}
+    inputs = stages.input_identities(STAGE, cfg, run_dir)
     settings = {"train": cfg.multilingual.train, "eval": cfg.eval}
     name = f"ray-train-{config_hash({'settings': settings, 'inputs': inputs})[:12]}"
     return run_stage(run_dir, STAGE, settings, inputs,
@@ -44,7 +45,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
     from biolord_ray.evaluation import build_suite
 
     tcfg, fs = cfg.multilingual.train, run_dir.fs
-    train, validation = (run_dir.output(parallel.STAGE, split) for split in parallel.SPLITS)
+    train, validation = (run_dir.output(stages.PARALLEL_DATA, split) for split in parallel.SPLITS)
     check_width(cfg, pads.dataset(train, filesystem=fs, format="parquet").schema)
     datasets = loop.read_datasets(train, validation, fs, ["text", "target"], tcfg)
     suite = build_suite(cfg.eval, tcfg.validation_suites, run_dir, fast=True) \
@@ -81,7 +82,7 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
     from biolord_ray.training.export import export_best, write_history, write_model_card
 
     tcfg, mcfg = cfg.multilingual.train, cfg.multilingual
-    data = run_dir.completed(parallel.STAGE)["counts"]
+    data = run_dir.completed(stages.PARALLEL_DATA)["counts"]
     with tempfile.TemporaryDirectory(prefix="biolord-export-") as local:
         model_dir = os.path.join(local, loop.EXPORT_SUBDIR)
         history, best_metrics = export_best(result, model_dir)

@@ -17,22 +17,19 @@ import tempfile
 import numpy as np
 import pyarrow.fs as pafs
 
+from biolord_ray import stages
 from biolord_ray.config import PipelineConfig, config_hash
-from biolord_ray.evaluation import kg_sets
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
-from biolord_ray.training import loop, pairs
+from biolord_ray.training import loop
 from biolord_ray.training.phases import CONTRASTIVE
 
 log = logging.getLogger(__name__)
 
-STAGE = "train_contrastive"
-# The trained model's label in evaluation/results.json (the base model's: model_label(spec)).
-MODEL_LABEL = "contrastive"
+STAGE = stages.TRAIN_CONTRASTIVE
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
-    inputs = {"pairs": run_dir.stage_identity(pairs.STAGE),
-              "eval_sets": run_dir.stage_identity(kg_sets.STAGE)}
+    inputs = stages.input_identities(STAGE, cfg, run_dir)
     settings = {"contrastive": cfg.contrastive, "eval": cfg.eval}
     name = f"ray-train-{config_hash({'settings': settings, 'inputs': inputs})[:12]}"
     return run_stage(run_dir, STAGE, settings, inputs,
@@ -44,8 +41,8 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
     from biolord_ray.evaluation import build_suite
 
     tcfg, fs = cfg.contrastive, run_dir.fs
-    datasets = loop.read_datasets(run_dir.output(pairs.STAGE, "train"),
-                                  run_dir.output(pairs.STAGE, "validation"), fs,
+    datasets = loop.read_datasets(run_dir.output(stages.BUILD_PAIRS, "train"),
+                                  run_dir.output(stages.BUILD_PAIRS, "validation"), fs,
                                   ["concept_id", "anchor", "positive"], tcfg)
     suite = build_suite(cfg.eval, tcfg.validation_suites, run_dir, fast=True) \
         if tcfg.validation_suites else None
@@ -76,7 +73,8 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
         if cfg.eval.suites:
             suite = build_suite(cfg.eval, cfg.eval.suites, run_dir)
             report = evaluate_models([tcfg.base_model, model_dir], suite, cfg,
-                                     labels=[model_label(tcfg.base_model), MODEL_LABEL],
+                                     labels=[model_label(tcfg.base_model),
+                                             stages.CONTRASTIVE_MODEL_LABEL],
                                      locations=[None, run_dir.path(STAGE, loop.EXPORT_SUBDIR)])
             write_report(report, os.path.join(local, "evaluation"))
             report_md = markdown(report)
@@ -111,7 +109,7 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
 
 
 def _data_summary(run_dir: RunDir) -> dict:
-    counts = run_dir.completed(pairs.STAGE)["counts"]
+    counts = run_dir.completed(stages.BUILD_PAIRS)["counts"]
     return {"training pairs": counts["train_pairs"],
             "training concepts": counts["train_concepts"],
             "validation pairs": counts["validation_pairs"],

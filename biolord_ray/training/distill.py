@@ -25,21 +25,20 @@ import re
 
 import pyarrow.fs as pafs
 
+from biolord_ray import stages
 from biolord_ray.config import PipelineConfig, TrainConfig, config_hash
-from biolord_ray.evaluation import kg_sets
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
-from biolord_ray.training import loop, targets
+from biolord_ray.training import loop
 from biolord_ray.training.phases import DISTILL
 
 log = logging.getLogger(__name__)
 
-STAGE = "distill"
+STAGE = stages.DISTILL
 TRIALS_DIR = "trials"
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
-    inputs = {"targets": run_dir.stage_identity(targets.STAGE),
-              "eval_sets": run_dir.stage_identity(kg_sets.STAGE)}
+    inputs = stages.input_identities(STAGE, cfg, run_dir)
     tune = {k: v for k, v in dataclasses.asdict(cfg.tune).items()
             if k not in ("soup_top_k", "soup")}  # the soup stage's settings
     settings = {"distill": cfg.distill, "tune": tune, "eval": cfg.eval}
@@ -77,8 +76,8 @@ def distill_trial(params: dict, cfg: PipelineConfig, run_dir_uri: str, train_sto
     tcfg = trial_config(cfg.distill, params)
     suite = build_suite(cfg.eval, tcfg.validation_suites, run_dir, fast=True) \
         if tcfg.validation_suites else None
-    datasets = loop.read_datasets(run_dir.output(targets.STAGE, "train"),
-                                  run_dir.output(targets.STAGE, "validation"), run_dir.fs,
+    datasets = loop.read_datasets(run_dir.output(stages.TEACHER_TARGETS, "train"),
+                                  run_dir.output(stages.TEACHER_TARGETS, "validation"), run_dir.fs,
                                   ["text", "target"], tcfg)
     loop.fit(DISTILL, tcfg, cfg.models, datasets, suite, train_storage, run_dir.fs,
              trial_name(params), callbacks=[TuneReportCallback()])
@@ -164,14 +163,13 @@ def _contrastive_base_score(cfg: PipelineConfig, run_dir: RunDir) -> float | Non
     validation curve (its history), when both phases start from one base model."""
     import pandas as pd
 
-    from biolord_ray.training import contrastive
 
-    record = run_dir.stage_record(contrastive.STAGE)
+    record = run_dir.stage_record(stages.TRAIN_CONTRASTIVE)
     if (not record or record["status"] != "complete"
             or cfg.contrastive.base_model != cfg.distill.base_model
             or cfg.contrastive.validation_suites != cfg.distill.validation_suites):
         return None
-    with run_dir.fs.open_input_stream(run_dir.output(contrastive.STAGE, "history")) as f:
+    with run_dir.fs.open_input_stream(run_dir.output(stages.TRAIN_CONTRASTIVE, "history")) as f:
         history = pd.read_csv(f)
     first = history.iloc[0]
     return float(first[loop.SCORE]) if first["step"] == 0 else None

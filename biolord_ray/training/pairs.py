@@ -18,6 +18,7 @@ import logging
 
 import pyarrow as pa
 
+from biolord_ray import stages
 from biolord_ray.broadcast import lookup_join
 from biolord_ray.config import PipelineConfig
 from biolord_ray.definitions import generate
@@ -35,7 +36,7 @@ from biolord_ray.run_dir import (
 
 log = logging.getLogger(__name__)
 
-STAGE = "build_pairs"
+STAGE = stages.BUILD_PAIRS
 
 PAIR_SCHEMA = pa.schema([
     ("concept_id", pa.string()),
@@ -47,16 +48,14 @@ PAIR_SCHEMA = pa.schema([
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
-    inputs = {"kg": run_dir.stage_identity(ingest.STAGE),
-              "eval_sets": run_dir.stage_identity(kg_sets.STAGE)}
-    if uses_generated_definitions(cfg, run_dir):
-        inputs["definitions"] = run_dir.stage_identity(generate.STAGE)
+    inputs = stages.input_identities(STAGE, cfg, run_dir)
     return run_stage(run_dir, STAGE, cfg.pairs, inputs,
                      lambda staging: _build(cfg, run_dir, staging), force=force)
 
 
 def uses_generated_definitions(cfg: PipelineConfig, run_dir: RunDir) -> bool:
-    return cfg.pairs.generated_definitions and run_dir.stage_record(generate.STAGE) is not None
+    return cfg.pairs.generated_definitions and \
+        run_dir.stage_record(stages.GENERATE_DEFINITIONS) is not None
 
 
 def description(name: str, relations: list[str], targets: list[str]) -> str:
@@ -100,7 +99,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
 
     pcfg, fs, parts = cfg.pairs, run_dir.fs, cfg.kg.shuffle_partitions
     concepts = ingest.english_concepts(run_dir)
-    relations = ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations"), filesystem=fs)
+    relations = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "relations"), filesystem=fs)
     dcfg = cfg.definitions
     rows = with_facts(concepts, concepts, relations, dcfg.max_parents, dcfg.max_relations,
                       dcfg.max_targets, parts, ingest.english_names(run_dir))
@@ -141,13 +140,13 @@ def _without_held_out(pairs, run_dir: RunDir):
     import pyarrow.parquet as pq
 
     fs = run_dir.fs
-    names = pq.read_table(run_dir.output(kg_sets.STAGE, "names"), filesystem=fs,
+    names = pq.read_table(run_dir.output(stages.EVAL_SETS, "names"), filesystem=fs,
                           columns=["concept_id", "text", "held_out"])
     names = names.filter(names["held_out"])
     names = pa.table({"concept_id": names["concept_id"],
                       "text": pa.array([kg_sets.normalise(t) for t in names["text"].to_pylist()],
                                        pa.string())})
-    definitions = pq.read_table(run_dir.output(kg_sets.STAGE, "definitions"), filesystem=fs,
+    definitions = pq.read_table(run_dir.output(stages.EVAL_SETS, "definitions"), filesystem=fs,
                                 columns=["concept_id", "text"])
     for held, column in ((names, "anchor_key"), (definitions, "positive")):
         held = held.group_by(["concept_id", "text"]).aggregate([])  # keys once

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from biolord_ray import stages
 from biolord_ray.config import PipelineConfig
-from biolord_ray.evaluation import kg_sets
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
-from biolord_ray.training import contrastive, distill, loop, targets
+from biolord_ray.training import distill, loop, targets
 
 log = logging.getLogger(__name__)
 
-STAGE = "soup"
+STAGE = stages.SOUP
 SINGLE_SUBDIR = "model_s"
 
 
@@ -188,9 +188,7 @@ def greedy_soup(ingredients: list[str], score: Callable[[list[str]], float]) -> 
 # The stage
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
-    inputs = {"distill": run_dir.stage_identity(distill.STAGE),
-              "targets": run_dir.stage_identity(targets.STAGE),
-              "eval_sets": run_dir.stage_identity(kg_sets.STAGE)}
+    inputs = stages.input_identities(STAGE, cfg, run_dir)
     settings = {"soup_top_k": cfg.tune.soup_top_k, "soup": cfg.tune.soup,
                 "validation_suites": cfg.distill.validation_suites, "eval": cfg.eval}
     return run_stage(run_dir, STAGE, settings, inputs,
@@ -203,14 +201,14 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     from biolord_ray.evaluation import build_suite, main_score
     from biolord_ray.models.encode import Embedder, load_sentence_model, sentence_model_dir
 
-    with run_dir.fs.open_input_stream(run_dir.output(distill.STAGE, "trials")) as f:
+    with run_dir.fs.open_input_stream(run_dir.output(stages.DISTILL, "trials")) as f:
         trials = pd.read_csv(f).sort_values(loop.SCORE, ascending=False)
     suite = build_suite(cfg.eval, cfg.distill.validation_suites, run_dir, fast=True)
     with tempfile.TemporaryDirectory(prefix="biolord-soup-") as local:
         ingredients = {}  # trial -> local model directory
         for _, row in trials.iterrows():
             ingredients[row["trial"]] = f"{local}/trials/{row['trial']}"
-            pafs.copy_files(run_dir.path(distill.STAGE, row["model"]),
+            pafs.copy_files(run_dir.path(stages.DISTILL, row["model"]),
                             ingredients[row["trial"]], source_filesystem=run_dir.fs)
         order = list(ingredients)
         soup_dirs: dict[tuple, str] = {}  # members -> averaged model, each averaged once
@@ -296,8 +294,8 @@ def _evaluate(cfg: PipelineConfig, run_dir: RunDir, out: str,
     known = {}
     if cfg.targets.teacher is None:
         with run_dir.fs.open_input_stream(
-                f"{run_dir.output(contrastive.STAGE, 'evaluation')}/results.json") as f:
-            known["teacher"] = json.loads(f.read())["models"][contrastive.MODEL_LABEL]
+                f"{run_dir.output(stages.TRAIN_CONTRASTIVE, 'evaluation')}/results.json") as f:
+            known["teacher"] = json.loads(f.read())["models"][stages.CONTRASTIVE_MODEL_LABEL]
     to_score = [label for label in first.values() if label not in known]
     suite = build_suite(cfg.eval, cfg.eval.suites, run_dir)
     report = evaluate_models([dirs[label] for label in to_score], suite, cfg,
@@ -366,7 +364,7 @@ def _write_cards(cfg: PipelineConfig, run_dir: RunDir, out: str, trials, steps: 
     from biolord_ray.evaluation.report import markdown
     from biolord_ray.training.export import write_model_card
 
-    counts = run_dir.completed(targets.STAGE)["counts"]
+    counts = run_dir.completed(stages.TEACHER_TARGETS)["counts"]
     data = {"teacher": counts["teacher"], "training texts": counts["train_texts"],
             "training concepts": counts["train_concepts"],
             "validation texts": counts["validation_texts"]}

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from biolord_ray import stages
 from biolord_ray.config import PipelineConfig
 from biolord_ray.run_dir import (
     RunDir,
@@ -29,11 +30,10 @@ from biolord_ray.run_dir import (
     shuffle_partitions,
     write_parquet,
 )
-from biolord_ray.training import contrastive, pairs
 
 log = logging.getLogger(__name__)
 
-STAGE = "teacher_targets"
+STAGE = stages.TEACHER_TARGETS
 SPLITS = ("train", "validation")
 # Concepts per encoder call (about 4 texts each). sentence-transformers sorts each call's
 # texts by length before batching, so large calls pad far less: 2048 texts per call encoded
@@ -51,9 +51,7 @@ def target_schema(dim: int) -> pa.Schema:
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
-    inputs = {"pairs": run_dir.stage_identity(pairs.STAGE)}
-    if cfg.targets.teacher is None:
-        inputs["teacher"] = run_dir.stage_identity(contrastive.STAGE)
+    inputs = stages.input_identities(STAGE, cfg, run_dir)
     return run_stage(run_dir, STAGE, cfg.targets, inputs,
                      lambda staging: _build(cfg, run_dir, staging), force=force)
 
@@ -61,7 +59,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
 def teacher_dir(cfg: PipelineConfig, run_dir: RunDir) -> str:
     from biolord_ray.models.encode import sentence_model_dir
 
-    spec = cfg.targets.teacher or run_dir.output(contrastive.STAGE, "model")
+    spec = cfg.targets.teacher or run_dir.output(stages.TRAIN_CONTRASTIVE, "model")
     return sentence_model_dir(spec, cfg.models.cache_dir, cfg.models.trust_remote_code)
 
 
@@ -75,7 +73,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     counts = {"teacher": model_dir}
     splits, rows = [], 0
     for split in SPLITS:
-        path = run_dir.output(pairs.STAGE, split)
+        path = run_dir.output(stages.BUILD_PAIRS, split)
         n_pairs = count_rows(path, fs)
         rows += n_pairs
         if n_pairs == 0:

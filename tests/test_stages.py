@@ -1,0 +1,89 @@
+"""The stage registry: the pipeline's order, each stage's prerequisites under a config, the
+modules it names, and a package without import circles."""
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+from biolord_ray import stages
+from biolord_ray.config import load_config
+
+PACKAGE = Path(__file__).resolve().parents[1] / "biolord_ray"
+JOBS = PACKAGE.parent / "jobs"
+
+
+def test_the_main_job_runs_the_multilingual_stages_only_when_enabled():
+    cfg = load_config(None, [])
+    assert stages.pipeline(cfg) == [
+        "ingest_kg", "eval_sets", "generate_definitions", "build_pairs", "train_contrastive",
+        "teacher_targets", "distill", "soup", "report"]
+    cfg.multilingual.enabled = True
+    assert stages.pipeline(cfg)[-3:] == ["parallel_data", "distill_multilingual", "report"]
+
+
+def test_prerequisites_follow_the_config():
+    cfg = load_config(None, [])
+    assert stages.prerequisites([stages.TRAIN_CONTRASTIVE], cfg) == [
+        "ingest_kg", "eval_sets", "generate_definitions", "build_pairs"]
+    # The ablation without LLM definitions; a teacher given by path.
+    cfg = load_config(None, ["pairs.generated_definitions=false",
+                             "targets.teacher=packaged:all-MiniLM-L6-v2"])
+    assert stages.prerequisites([stages.TRAIN_CONTRASTIVE], cfg) == [
+        "ingest_kg", "eval_sets", "build_pairs"]
+    assert stages.prerequisites([stages.TEACHER_TARGETS, stages.DISTILL, stages.SOUP], cfg) == [
+        "ingest_kg", "eval_sets", "build_pairs"]
+    # The report needs every stage the pipeline runs before it.
+    cfg = load_config(None, ["multilingual.enabled=true"])
+    assert stages.prerequisites([stages.REPORT], cfg) == stages.pipeline(cfg)[:-1]
+
+
+def test_every_stage_names_a_module_that_builds_it():
+    for name, stage in stages.STAGES.items():
+        module = importlib.import_module(stage.module)
+        assert module.STAGE == name, stage.module
+        assert callable(module.run)
+        for needed in stage.inputs:
+            assert needed.stage in stages.NAMES[:stages.NAMES.index(name)], (name, needed)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The package modules ``path`` imports, at any level of the file (function bodies too):
+    ``from pkg import sub`` counts as importing pkg.sub, not pkg."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            subs = [f"{node.module}.{a.name}" for a in node.names
+                    if f"{node.module}.{a.name}" in modules]
+            found.update(subs if len(subs) == len(node.names) else [node.module, *subs])
+    return found & modules
+
+
+def test_no_import_circle_in_the_package():
+    paths = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+             .removesuffix(".__init__"): p for p in PACKAGE.rglob("*.py")}
+    graph = {name: _imports(path, set(paths)) - {name} for name, path in paths.items()}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                if nxt == goal:
+                    return True
+                seen.add(nxt)
+                todo.append(nxt)
+        return False
+
+    circles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if reaches(b, a))
+    assert not circles
+
+
+def test_job_help_shows_the_usage_examples():
+    shown = subprocess.run([sys.executable, str(JOBS / "train_contrastive.py"), "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "ray job submit --working-dir . -- python jobs/train_contrastive.py --config " \
+           "paper \\\n" in shown
+    assert "Interrupted runs resume from the" in shown
