@@ -47,6 +47,10 @@ class RayConfig:
     num_cpus: int | None = None
     # The local dashboard binds here; keep it on loopback unless it sits behind a proxy.
     dashboard_host: str = "127.0.0.1"
+    # A stage whose config asks for more CPUs or GPUs than the cluster has stops at its start
+    # (naming the keys); on an autoscaling cluster, which adds nodes on demand, it warns and
+    # waits instead.
+    autoscaling: bool = False
 
 
 @dataclass

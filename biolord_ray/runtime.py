@@ -47,3 +47,28 @@ def init_ray(cfg: RayConfig):
     log.info("Ray resources: %s; dashboard: %s", ray.cluster_resources(),
              context.dashboard_url)
     return context
+
+
+class ResourceError(RuntimeError):
+    """A stage's config asks for more CPUs or GPUs than the cluster has."""
+
+
+def check_resources(stage: str, demands: list[tuple[str, float, str]],
+                    autoscaling: bool = False) -> None:
+    """Stop (or, on an autoscaling cluster, warn) when ``demands`` -- (resource, amount, the
+    config keys that ask for it) -- exceed the cluster's total: Ray would otherwise wait for
+    resources that never come, silently (a GPU preset on a CPU machine)."""
+    import ray
+
+    have = ray.cluster_resources()
+    short = [f"{amount:g} {resource} ({keys}) but the cluster has {have.get(resource, 0):g}"
+             for resource, amount, keys in demands if amount > have.get(resource, 0) + 1e-9]
+    if not short:
+        return
+    message = f"{stage}: the config asks for more than the cluster has: " + "; ".join(short)
+    if autoscaling:
+        log.warning("%s; waiting for the autoscaler to add nodes (ray.autoscaling=true)",
+                    message)
+        return
+    raise ResourceError(f"{message}. Lower these keys or add nodes; on an autoscaling "
+                        "cluster set ray.autoscaling=true to wait for nodes instead")

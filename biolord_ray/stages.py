@@ -50,6 +50,10 @@ class Input:
     optional: bool = False
 
 
+def no_demands(cfg) -> list:
+    return []
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -57,8 +61,14 @@ class Stage:
     inputs: tuple[Input, ...] = ()
     outputs: tuple[str, ...] = ()   # names for ``RunDir.output`` (some only under a config)
     enabled: Callable = always      # cfg -> whether the main job runs it
+    # cfg -> [(resource, amount, the keys asking for it)]: what the stage needs of the cluster
+    # at once, checked when it starts (``runtime.check_resources``).
+    demands: Callable = no_demands
 
     def run(self, cfg, run_dir, force: bool = False) -> dict:
+        from biolord_ray.runtime import check_resources
+
+        check_resources(self.name, self.demands(cfg), cfg.ray.autoscaling)
         return importlib.import_module(self.module).run(cfg, run_dir, force=force)
 
     def needs(self, cfg) -> list[str]:
@@ -70,13 +80,52 @@ def _multilingual(cfg) -> bool:
     return cfg.multilingual.enabled
 
 
+def _engines(cfg) -> list:
+    d = cfg.definitions
+    if d.gpus_per_engine:
+        return [("GPU", d.concurrency * d.gpus_per_engine,
+                 "definitions.concurrency x definitions.gpus_per_engine")]
+    return [("CPU", d.concurrency, "definitions.concurrency (one CPU per CPU engine)")]
+
+
+def _encoders(cfg) -> list:
+    t = cfg.targets
+    if t.num_gpus:
+        return [("GPU", t.concurrency * t.num_gpus, "targets.concurrency x targets.num_gpus")]
+    return [("CPU", t.concurrency, "targets.concurrency (one CPU per CPU encoder)")]
+
+
+def _workers(section: str, extra_cpus: str | None = None) -> Callable:
+    """A Ray Train run's workers (``section``: the TrainConfig's key), with the CPUs of the
+    Tune trial driving it (``extra_cpus``: a key) for the distillation grid."""
+    def demands(cfg) -> list:
+        tcfg = _section(cfg, section)
+        cpus = tcfg.num_workers * tcfg.cpus_per_worker
+        keys = f"{section}.num_workers x {section}.cpus_per_worker"
+        if extra_cpus:
+            cpus += _section(cfg, extra_cpus)
+            keys += f" + {extra_cpus}"
+        found = [("CPU", cpus, keys)]
+        if tcfg.use_gpu:
+            found.append(("GPU", tcfg.num_workers, f"{section}.num_workers with "
+                                                   f"{section}.use_gpu"))
+        return found
+    return demands
+
+
+def _section(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 _PIPELINE = [
     Stage(INGEST_KG, "biolord_ray.kg.ingest", (),
           ("concepts", "relations", "merges")),
     Stage(EVAL_SETS, "biolord_ray.evaluation.kg_sets", (Input("kg", INGEST_KG),),
           ("names", "definitions", "hierarchy")),
     Stage(GENERATE_DEFINITIONS, "biolord_ray.definitions.generate", (Input("kg", INGEST_KG),),
-          ("definitions", "summary")),
+          ("definitions", "summary"), demands=_engines),
     Stage(BUILD_PAIRS, "biolord_ray.training.pairs",
           (Input("kg", INGEST_KG), Input("eval_sets", EVAL_SETS),
            Input("definitions", GENERATE_DEFINITIONS,
@@ -84,14 +133,14 @@ _PIPELINE = [
           ("train", "validation")),
     Stage(TRAIN_CONTRASTIVE, "biolord_ray.training.contrastive",
           (Input("pairs", BUILD_PAIRS), Input("eval_sets", EVAL_SETS)),
-          ("model", "history", "evaluation")),
+          ("model", "history", "evaluation"), demands=_workers("contrastive")),
     Stage(TEACHER_TARGETS, "biolord_ray.training.targets",
           (Input("pairs", BUILD_PAIRS),
            Input("teacher", TRAIN_CONTRASTIVE, when=lambda cfg: cfg.targets.teacher is None)),
-          ("train", "validation")),
+          ("train", "validation"), demands=_encoders),
     Stage(DISTILL, "biolord_ray.training.distill",
           (Input("targets", TEACHER_TARGETS), Input("eval_sets", EVAL_SETS)),
-          ("trials", "plot")),
+          ("trials", "plot"), demands=_workers("distill", extra_cpus="tune.cpus_per_trial")),
     Stage(SOUP, "biolord_ray.training.soup",
           (Input("distill", DISTILL), Input("targets", TEACHER_TARGETS),
            Input("eval_sets", EVAL_SETS)),
@@ -102,7 +151,8 @@ _PIPELINE = [
           ("train", "validation", "quarantine"), enabled=_multilingual),
     Stage(DISTILL_MULTILINGUAL, "biolord_ray.multilingual.student",
           (Input("parallel", PARALLEL_DATA), Input("eval_sets", EVAL_SETS)),
-          ("model", "history", "evaluation"), enabled=_multilingual),
+          ("model", "history", "evaluation"), enabled=_multilingual,
+          demands=_workers("multilingual.train")),
 ]
 # Last: the report of every stage before it (timings, counts, the models side by side).
 _PIPELINE.append(Stage(REPORT, "biolord_ray.report",
