@@ -13,8 +13,11 @@ eval_sets first when they are not complete). Writes results.json, results.md, re
 """
 
 import json
+import os
 import sys
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 from biolord_ray.cli import config_from_args, stage_parser
 from biolord_ray.config import EVAL_SUITES, BenchmarkFile
@@ -25,7 +28,7 @@ from biolord_ray.evaluation import (
     evaluate_models,
     kg_sets,
 )
-from biolord_ray.evaluation.report import write_report
+from biolord_ray.evaluation.report import markdown, publish_report
 from biolord_ray.kg import ingest
 from biolord_ray.run_dir import RunDir
 from biolord_ray.runtime import init_ray
@@ -42,7 +45,8 @@ def parse_args():
     parser.add_argument("--fast", action="store_true",
                         help="the fast subset used for validation during training (seconds)")
     parser.add_argument("--out", default=None,
-                        help="report folder (default: <run_dir>/evaluation)")
+                        help="report folder, a local path or a URI (default: "
+                             "<run_dir>/evaluation)")
     return parser.parse_args()
 
 
@@ -62,6 +66,20 @@ def file_benchmarks(items: list[str]) -> list[BenchmarkFile]:
     return benchmarks
 
 
+def save_report(report: dict, out: str | None, run_dir: RunDir) -> dict[str, str]:
+    """Write the report to ``out`` (a local folder or a URI), else to <run_dir>/evaluation on
+    the run directory's filesystem: an s3:// run directory's paths ("bucket/run/...") read
+    as local paths would land under the working directory. Returns where each file went."""
+    if out is None:
+        filesystem, folder = run_dir.fs, run_dir.path("evaluation")
+        shown = f"{run_dir.uri.rstrip('/')}/evaluation"
+    else:
+        shown = out if "://" in out else os.path.abspath(os.path.expanduser(out))
+        filesystem, folder = pafs.FileSystem.from_uri(shown)
+    names = publish_report(report, filesystem, folder)
+    return {kind: f"{shown.rstrip('/')}/{name}" for kind, name in names.items()}
+
+
 if __name__ == "__main__":
     args = parse_args()
     cfg = config_from_args(args)
@@ -79,7 +97,6 @@ if __name__ == "__main__":
     except (EvalFormatError, ValueError) as err:
         sys.exit(f"evaluation error: {err}")
     report = evaluate_models(args.models, suite, cfg)
-    out = Path(args.out) if args.out else Path(run_dir.path("evaluation"))
-    paths = write_report(report, out)
-    print(paths["markdown"].read_text())
-    print(json.dumps({k: str(v) for k, v in paths.items()}))
+    locations = save_report(report, args.out, run_dir)
+    print(markdown(report))
+    print(json.dumps(locations))
