@@ -264,7 +264,8 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast", action="store_true",
                         help="the fast subset used for validation during training (seconds)")
     parser.add_argument("--out", default=None,
-                        help="report folder (default: <run_dir>/evaluation)")
+                        help="report folder, a local path or a URI (default: "
+                             "<run_dir>/evaluation)")
 
 
 def file_benchmarks(items: list[str]) -> list:
@@ -289,10 +290,8 @@ def file_benchmarks(items: list[str]) -> list:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from biolord_ray.evaluation import EvalFormatError, build_suite, evaluate_models
-    from biolord_ray.evaluation.report import write_report
+    from biolord_ray.evaluation.report import markdown
     from biolord_ray.run_dir import RunDir
     from biolord_ray.runtime import init_ray
 
@@ -310,10 +309,29 @@ def evaluate(args: argparse.Namespace) -> None:
     except (EvalFormatError, ValueError) as err:
         sys.exit(f"evaluation error: {err}")
     report = evaluate_models(args.models, suite, cfg)
-    out = Path(args.out) if args.out else Path(run_dir.path("evaluation"))
-    paths = write_report(report, out)
-    print(paths["markdown"].read_text())
-    print(json.dumps({k: str(v) for k, v in paths.items()}))
+    locations = save_report(report, args.out, run_dir)
+    print(markdown(report))
+    print(json.dumps(locations))
+
+
+def save_report(report: dict, out: str | None, run_dir) -> dict[str, str]:
+    """Write the report to ``out`` (a local folder or a URI), else to <run_dir>/evaluation on
+    the run directory's filesystem: an s3:// run directory's paths ("bucket/run/...") read
+    as local paths would land under the working directory. Returns where each file went."""
+    import os
+
+    import pyarrow.fs as pafs
+
+    from biolord_ray.evaluation.report import publish_report
+
+    if out is None:
+        filesystem, folder = run_dir.fs, run_dir.path("evaluation")
+        shown = f"{run_dir.uri.rstrip('/')}/evaluation"
+    else:
+        shown = out if "://" in out else os.path.abspath(os.path.expanduser(out))
+        filesystem, folder = pafs.FileSystem.from_uri(shown)
+    names = publish_report(report, filesystem, folder)
+    return {kind: f"{shown.rstrip('/')}/{name}" for kind, name in names.items()}
 
 
 # ---------------------------------------------------------------------------------------

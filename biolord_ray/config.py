@@ -56,7 +56,9 @@ class RayConfig:
 @dataclass
 class ModelsConfig:
     # Where prepared models (assembled zips, converted GGUF, hub downloads) are cached.
-    cache_dir: str = "~/.cache/biolord_ray/models"
+    # None: $BIOLORD_RAY_MODEL_CACHE where the model is resolved (each Ray worker reads its
+    # node's), else ~/.cache/biolord_ray/models; a value set here wins over the variable.
+    cache_dir: str | None = None
     # Models only run code from a hub repository when this is true.
     trust_remote_code: bool = False
 
@@ -254,7 +256,8 @@ class TrainConfig:
     scale: float = 20.0
     symmetric: bool = True
     # Validate (eval fast subset + validation loss) and checkpoint every N optimiser steps and
-    # at the end of each epoch; keep the best ``keep_checkpoints`` by the validation score.
+    # at the end of each epoch (0: only at the ends of the epochs and of the run); keep the
+    # best ``keep_checkpoints`` by the validation score.
     checkpoint_every: int = 15
     keep_checkpoints: int = 2
     # The validation loss reads at most this many held-out rows (the first of the shuffled
@@ -262,8 +265,10 @@ class TrainConfig:
     # split (14k pairs) took 200 s a validation on 2 CPUs, most of the phase's fixed cost.
     max_validation_rows: int | None = 2048
     validation_suites: list[str] = field(default_factory=lambda: ["dev", "kg"])
-    # Worker failures survived by restarting from the last checkpoint.
+    # Worker failures survived by restarting from the last checkpoint (-1: any number, as in
+    # Ray Train's FailureConfig).
     max_failures: int = 2
+    # Log progress every N optimiser steps.
     log_every: int = 10
     seed: int = 42
 
@@ -646,10 +651,24 @@ def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
             raise ConfigError(f"{name}.num_workers{_origin(origins, name + '.num_workers')}: "
                               "must be at least 1")
         for field_name in ("batch_size", "epochs", "grad_accumulation", "keep_checkpoints",
-                           "max_seq_length"):
+                           "max_seq_length", "log_every"):
             if getattr(train, field_name) < 1:
                 key = f"{name}.{field_name}"
                 raise ConfigError(f"{key}{_origin(origins, key)}: must be at least 1")
+        # 0 steps would train nothing: null is how to say "no cap".
+        if train.max_steps is not None and train.max_steps < 1:
+            key = f"{name}.max_steps"
+            raise ConfigError(f"{key}{_origin(origins, key)}: must be positive, or null to "
+                              "train every epoch")
+        if train.checkpoint_every < 0:
+            key = f"{name}.checkpoint_every"
+            raise ConfigError(f"{key}{_origin(origins, key)}: must be positive, or 0 to "
+                              "validate and checkpoint only at the ends of the epochs and "
+                              "of the run")
+        if train.max_failures < -1:
+            key = f"{name}.max_failures"
+            raise ConfigError(f"{key}{_origin(origins, key)}: must be 0 or more, or -1 to "
+                              "restart after any number of failures")
         if train.max_validation_rows is not None and train.max_validation_rows < 1:
             key = f"{name}.max_validation_rows"
             raise ConfigError(f"{key}{_origin(origins, key)}: must be positive, or null to "

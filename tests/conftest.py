@@ -1,5 +1,8 @@
+import copy
+import dataclasses
 import os
 import socket
+import tempfile
 import threading
 import time
 import urllib.error
@@ -9,9 +12,41 @@ from pathlib import Path
 
 import pytest
 
+from biolord_ray.config import config_hash
+
 # Tests never reach a model hub: the packaged models must load offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# The models tests prepare go to a cache of their own, never the user's. Not a fresh one per
+# session: assembling all-mpnet-base-v2 takes ~10 s and converting SmolLM2 50 to 100 s on 2
+# cores, so the folder is kept between sessions (and shared by checkouts) and each model is
+# built once per machine. Outside the repository, so Ray's working_dir never uploads it.
+# Ray workers and `ray start` nodes the tests launch inherit the variable.
+TEST_MODEL_CACHE = Path(tempfile.gettempdir()) / f"biolord_ray-test-models-{os.getuid()}"
+os.environ["BIOLORD_RAY_MODEL_CACHE"] = str(TEST_MODEL_CACHE)
+
+# Configs that session fixtures share between tests: (fixture, config, a copy as made).
+_SHARED_CONFIGS: list[tuple[str, object, object]] = []
+
+
+def _share(fixture: str, cfg):
+    _SHARED_CONFIGS.append((fixture, cfg, copy.deepcopy(cfg)))
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def shared_configs_stay_unchanged(request):
+    """Fail the test after which a session fixture's config has changed: a change made in
+    place leaks into every later test (and makes results depend on the tests' order). The
+    config is put back, so that only the culprit fails."""
+    yield
+    for fixture, cfg, made in _SHARED_CONFIGS:
+        if config_hash(cfg) != config_hash(made):
+            for f in dataclasses.fields(made):
+                setattr(cfg, f.name, copy.deepcopy(getattr(made, f.name)))
+            pytest.fail(f"{request.node.nodeid} (or a fixture it uses) changed the config of "
+                        f"the session fixture {fixture!r} in place; copy.deepcopy it first",
+                        pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +66,8 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def hpo_run(ray_local, tmp_path_factory):
-    """A run directory holding ingest_kg of the bundled HPO's first 400 concepts (real data)."""
+    """A run directory holding ingest_kg of the bundled HPO's first 400 concepts (real data).
+    Its config is shared by the session: copy.deepcopy it before changing it."""
     from biolord_ray.config import load_config
     from biolord_ray.kg import ingest
     from biolord_ray.run_dir import RunDir
@@ -40,7 +76,7 @@ def hpo_run(ray_local, tmp_path_factory):
     cfg = load_config(None, ["kg.format=hpo", "kg.max_concepts=400", "kg.shuffle_partitions=2",
                              f"run_dir={path}"])
     record = ingest.run(cfg, RunDir(cfg.run_dir))
-    return cfg, RunDir(cfg.run_dir), record
+    return _share("hpo_run", cfg), RunDir(cfg.run_dir), record
 
 
 class NodeMetrics:

@@ -127,6 +127,48 @@ def test_validation_cap_must_be_positive():
         .contrastive.max_validation_rows is None
 
 
+def test_training_step_counts_must_be_positive(tmp_path):
+    # log_every=0 passed and then divided by zero in the training loop; max_steps=0 read as
+    # "no cap" and trained every epoch.
+    with pytest.raises(ConfigError, match=r"contrastive.log_every \(from --set "
+                       r"contrastive.log_every=0\): must be at least 1"):
+        load_config(None, ["contrastive.log_every=0"])
+    with pytest.raises(ConfigError, match=r"distill.max_steps \(from --set "
+                       r"distill.max_steps=0\): must be positive, or null to train every epoch"):
+        load_config(None, ["distill.max_steps=0"])
+    path = tmp_path / "steps.yaml"
+    path.write_text("multilingual:\n  train:\n    max_steps: -3\n")
+    with pytest.raises(ConfigError, match=rf"multilingual.train.max_steps \(from {path}\): "
+                       "must be positive"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match=r"contrastive.checkpoint_every \(from --set "
+                       r"contrastive.checkpoint_every=-5\): must be positive, or 0 to validate "
+                       "and checkpoint only at the ends"):
+        load_config(None, ["contrastive.checkpoint_every=-5"])
+    with pytest.raises(ConfigError, match=r"distill.max_failures \(from --set "
+                       r"distill.max_failures=-2\): must be 0 or more, or -1"):
+        load_config(None, ["distill.max_failures=-2"])
+    cfg = load_config(None, ["contrastive.max_steps=null", "contrastive.checkpoint_every=0",
+                             "distill.max_failures=-1", "distill.log_every=1"])
+    assert cfg.contrastive.max_steps is None and cfg.contrastive.checkpoint_every == 0
+    assert (cfg.distill.max_failures, cfg.distill.log_every) == (-1, 1)
+
+
+def test_model_cache_is_the_environments_unless_the_config_sets_one(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from biolord_ray.models import default_cache_dir
+
+    monkeypatch.setenv("BIOLORD_RAY_MODEL_CACHE", str(tmp_path / "env"))
+    assert load_config().models.cache_dir is None
+    assert default_cache_dir(load_config().models.cache_dir) == tmp_path / "env"
+    chosen = load_config(None, [f"models.cache_dir={tmp_path / 'set'}"]).models.cache_dir
+    assert default_cache_dir(chosen) == tmp_path / "set"
+    monkeypatch.delenv("BIOLORD_RAY_MODEL_CACHE")
+    assert default_cache_dir(load_config().models.cache_dir) == \
+        Path.home() / ".cache" / "biolord_ray" / "models"
+
+
 def test_extends_builds_on_a_preset(tmp_path):
     path = tmp_path / "umls.yaml"
     path.write_text(f"extends: paper\nkg:\n  path: {tmp_path}\n  languages: [ENG, SPA]\n")

@@ -5,13 +5,17 @@ import json
 import math
 from pathlib import Path
 
+import fsspec
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 
+from biolord_ray.cli import save_report
 from biolord_ray.evaluation import metrics
 from biolord_ray.evaluation.pairs import BUNDLED, GENERAL, EvalFormatError, load_pairs
 from biolord_ray.evaluation.report import markdown, write_report
 from biolord_ray.evaluation.suite import SimilarityTask, main_score
+from biolord_ray.run_dir import RunDir
 
 # The STS Benchmark dev split lives beside the repository (its texts keep their sources'
 # licences, so it is never copied in): <repo>/../shared/data/eval/.
@@ -242,3 +246,51 @@ def test_main_score_of_general_benchmarks_alone():
     assert main_score(only_general) == pytest.approx(0.7)
     assert "| base | - | 0.8000 | 0.6000 |" in markdown(
         {"models": {"base": {"spec": "x", "benchmarks": only_general}}})
+
+
+# ---------------------------------------------------------------------------------------
+# Where biolord-ray evaluate (jobs/evaluate.py) writes the report
+
+class InMemoryRunDir(RunDir):
+    """A run directory on a filesystem that is not the local one, as S3's is, with paths
+    like S3's ("bucket/run/..."); fsspec's in-memory filesystem needs no network (pyarrow
+    builds no such filesystem from a URI)."""
+
+    def __init__(self, root: str):
+        self.uri, self.root = f"memory://{root}", root
+        self.fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem("memory")))
+        self.fs.create_dir(root, recursive=True)
+
+
+def test_evaluate_job_writes_into_a_remote_run_directory_not_the_working_one(
+        tmp_path, monkeypatch):
+    report = _report()
+    monkeypatch.chdir(tmp_path)
+    bucket = f"bucket-{tmp_path.name}"  # the in-memory store is shared by the process
+    run_dir = InMemoryRunDir(f"{bucket}/run")
+    try:
+        locations = save_report(report, None, run_dir)
+        assert locations == {kind: f"memory://{bucket}/run/evaluation/results.{ext}"
+                             for kind, ext in [("json", "json"), ("markdown", "md"),
+                                               ("png", "png")]}
+        with run_dir.fs.open_input_stream(f"{bucket}/run/evaluation/results.json") as f:
+            assert json.loads(f.read())["models"]["trained"]["benchmarks"]["ehr-rel-a"] \
+                == {"kind": "similarity", "main_metric": "spearman", "spearman": 0.5,
+                    "domain": "biomedical"}
+        with run_dir.fs.open_input_stream(f"{bucket}/run/evaluation/results.md") as f:
+            assert f.read().decode() == markdown(report)
+        with run_dir.fs.open_input_stream(f"{bucket}/run/evaluation/results.png") as f:
+            assert f.read(4) == b"\x89PNG"
+        assert list(tmp_path.iterdir()) == []  # nothing under the working directory
+    finally:
+        run_dir.fs.delete_dir(bucket)
+
+    # --out wins, as a URI (file:// resolves through pyarrow as s3:// does) or a local path
+    # (relative to the working directory, as the user typed it).
+    uri = save_report(report, f"file://{tmp_path}/by-uri", run_dir)
+    assert uri["json"] == f"file://{tmp_path}/by-uri/results.json"
+    local = save_report(report, "by-path", run_dir)
+    assert local["markdown"] == f"{tmp_path}/by-path/results.md"
+    for folder in ("by-uri", "by-path"):
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == \
+            ["results.json", "results.md", "results.png"]

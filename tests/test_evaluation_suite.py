@@ -1,5 +1,6 @@
 """The evaluation suite with a real model (all-MiniLM-L6-v2) and the real bundled HPO."""
 
+import copy
 import csv
 import json
 import shutil
@@ -55,6 +56,7 @@ def test_perfect_and_reversed_rank_files(tmp_path, minilm, direction, expected):
 @pytest.fixture(scope="module")
 def eval_run(hpo_run):
     cfg, run_dir, _ = hpo_run
+    cfg = copy.deepcopy(cfg)  # the session's config, shared with other tests
     cfg.eval.holdout_fraction = 0.3  # 400 concepts: enough queries for the test
     record = kg_sets.run(cfg, run_dir)
     return cfg, run_dir, record

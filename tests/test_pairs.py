@@ -1,5 +1,7 @@
 """Training pairs: hand-made concept rows, and the stage on the real bundled HPO slice."""
 
+import copy
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -58,6 +60,7 @@ def test_cap_per_concept_is_a_seeded_choice():
 
 def test_stage_splits_by_concept_and_keeps_held_out_texts_out(hpo_run):
     cfg, run_dir, _ = hpo_run
+    cfg = copy.deepcopy(cfg)  # the session's config, shared with other tests
     kg_sets.run(cfg, run_dir)
     cfg.pairs.validation_fraction = 0.2
     record = pairs.run(cfg, run_dir)

@@ -87,3 +87,34 @@ def test_job_help_shows_the_usage_examples():
     assert "ray job submit --working-dir . -- python jobs/train_contrastive.py --config " \
            "paper \\\n" in shown
     assert "Interrupted runs resume from the" in shown
+
+
+def test_a_stage_asking_for_more_than_the_cluster_has_stops_at_its_start(ray_local, tmp_path,
+                                                                         caplog):
+    """The paper preset on a machine without GPUs: generate_definitions names the keys at its
+    start instead of waiting for GPUs that never come; an autoscaling cluster only warns."""
+    from biolord_ray.run_dir import RunDir
+    from biolord_ray.runtime import ResourceError, check_resources
+
+    cfg = load_config("paper", ["ray.address=null", f"kg.path={tmp_path}",
+                                f"run_dir={tmp_path / 'run'}"])
+    run_dir = RunDir(cfg.run_dir)
+    try:
+        stages.run(stages.GENERATE_DEFINITIONS, cfg, run_dir)
+        raise AssertionError("generate_definitions started without its GPUs")
+    except ResourceError as err:
+        assert "4 GPU (definitions.concurrency x definitions.gpus_per_engine) but the " \
+               "cluster has 0" in str(err)
+        assert "ray.autoscaling=true" in str(err)
+    assert not (tmp_path / "run" / "manifest.json").exists()  # nothing started
+
+    demands = stages.STAGES[stages.DISTILL].demands(cfg)
+    assert demands == [("CPU", 8 * 8 + 1, "distill.num_workers x distill.cpus_per_worker + "
+                                          "tune.cpus_per_trial"),
+                       ("GPU", 8, "distill.num_workers with distill.use_gpu")]
+    check_resources(stages.DISTILL, demands, autoscaling=True)
+    assert "waiting for the autoscaler" in caplog.text
+    # The embedded default fits this machine.
+    tiny = load_config(None, [])
+    for name in stages.pipeline(tiny):
+        check_resources(name, stages.STAGES[name].demands(tiny))

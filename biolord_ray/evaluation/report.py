@@ -8,7 +8,10 @@ a "biomedical mean" that leaves them out (the score models are selected by,
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 from biolord_ray.evaluation.suite import is_general
 
@@ -33,6 +36,16 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     paths["markdown"].write_text(markdown(report))
     plot(report, paths["png"])
     return paths
+
+
+def publish_report(report: dict, filesystem: pafs.FileSystem, folder: str) -> dict[str, str]:
+    """``write_report`` into ``folder`` on ``filesystem`` (a run directory's: local, S3, GCS):
+    written to a local temporary folder, then copied. Returns the files' names."""
+    with tempfile.TemporaryDirectory(prefix="biolord-evaluation-") as local:
+        paths = write_report(report, local)
+        filesystem.create_dir(folder, recursive=True)
+        pafs.copy_files(local, folder, destination_filesystem=filesystem)
+    return {kind: path.name for kind, path in paths.items()}
 
 
 def _benchmarks(report: dict) -> list[tuple[str, dict]]:

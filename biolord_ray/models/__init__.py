@@ -18,6 +18,8 @@ import os
 import re
 from pathlib import Path
 
+from biolord_ray.models.errors import ModelSourceError
+
 __all__ = ["PACKAGED_MODELS", "ModelSourceError", "default_cache_dir", "resolve_model"]
 
 PACKAGED_PREFIX = "packaged:"
@@ -50,10 +52,6 @@ DEFAULT_CACHE_DIR = "~/.cache/biolord_ray/models"
 # "name" or "org/name" with the characters the hub allows.
 _HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 _PATH_PREFIXES = ("/", "./", "../", "~")
-
-
-class ModelSourceError(ValueError):
-    """A model spec cannot be turned into a local directory; the message says what to do."""
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from biolord_ray.models import ModelSourceError
+from biolord_ray.models.errors import ModelSourceError
 
 logger = logging.getLogger(__name__)
 

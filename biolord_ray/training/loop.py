@@ -135,7 +135,12 @@ def plan_steps(n_rows: int, tcfg: TrainConfig) -> tuple[int, int]:
             f"{tcfg.num_workers} workers x grad_accumulation {tcfg.grad_accumulation}; "
             "lower batch_size or num_workers")
     total = steps_per_epoch * tcfg.epochs
-    return steps_per_epoch, min(total, tcfg.max_steps) if tcfg.max_steps else total
+    if tcfg.max_steps is None:
+        return steps_per_epoch, total
+    if tcfg.max_steps < 1:  # load_config refuses it; a TrainConfig built in code may not
+        raise ValueError(f"max_steps {tcfg.max_steps}: must be positive, or None to train "
+                         "every epoch")
+    return steps_per_epoch, min(total, tcfg.max_steps)
 
 
 def read_datasets(train: str, validation: str, filesystem, columns: list[str],
