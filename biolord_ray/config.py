@@ -38,6 +38,13 @@ def input_path(**kwargs: Any) -> Any:
     return field(metadata={"must_exist": True}, **kwargs)
 
 
+# A model spec (packaged:NAME, a hub id or a local path): a local path must exist when the
+# config loads, not minutes later inside a Ray Train worker that Ray Train then retries.
+# Local paths are checked where the driver runs: on a cluster, keep models on storage every
+# node mounts (or use a hub id).
+MODEL_SPEC = {"model_spec": True}
+
+
 @dataclass
 class RayConfig:
     # None starts a local Ray instance; "auto" or "ray://host:10001" joins a running cluster
@@ -145,7 +152,7 @@ class KGConfig(KGSource):
 
 @dataclass
 class DefinitionsConfig:
-    llm: str = "packaged:SmolLM2-135M-Instruct"
+    llm: str = field(default="packaged:SmolLM2-135M-Instruct", metadata=MODEL_SPEC)
     # Generate only for concepts without a human definition (the embedded default: 379 of
     # its 2000 concepts, a few minutes on a CPU), or for every concept (the paper).
     only_missing: bool = True
@@ -218,7 +225,7 @@ class PairsConfig:
 class TrainConfig:
     """Shared by the contrastive and distillation phases (each has its own section)."""
 
-    base_model: str = "packaged:all-MiniLM-L6-v2"
+    base_model: str = field(default="packaged:all-MiniLM-L6-v2", metadata=MODEL_SPEC)
     # Ray Train workers (one process each; one GPU each when use_gpu).
     num_workers: int = 2
     use_gpu: bool = False
@@ -279,7 +286,7 @@ class TargetsConfig:
     embeddings of its names and definitions."""
 
     # None: this run's contrastive model (train_contrastive/model); or any model spec/path.
-    teacher: str | None = None
+    teacher: str | None = field(default=None, metadata=MODEL_SPEC)
     # Also average the KG descriptions (BioLORD-2022-style sentences) into the targets.
     include_descriptions: bool = False
     # Targets for this many concepts of each split (None: all), drawn by a seeded hash of the
@@ -387,7 +394,7 @@ class MultilingualConfig:
     # default's MONDO has no translations: a hand-written glossary of 109 diseases stands in.
     files: list[str] = input_path(default_factory=lambda: [DISEASE_GLOSSARY])
     # The English teacher: None is this run's model (soup/model); or any model spec or path.
-    teacher: str | None = None
+    teacher: str | None = field(default=None, metadata=MODEL_SPEC)
     # Share of concepts (of English sources, for rows without concept_id) held out for the
     # translation evaluation.
     validation_fraction: float = 0.2
@@ -615,11 +622,22 @@ def _check_paths(cfg: Any, origins: dict[str, str], prefix: str = "") -> None:
                     _check_path(f"{key}[{i}]", item, origins)
         elif f.metadata.get("must_exist"):
             _check_path(key, value, origins)
+        elif f.metadata.get("model_spec"):
+            _check_model_path(key, value, origins)
 
 
 def _check_path(key: str, value: str | None, origins: dict[str, str]) -> None:
     if value is not None and "://" not in value and not os.path.exists(os.path.expanduser(value)):
         raise ConfigError(f"{key}{_origin(origins, key)}: no such file or directory: {value}")
+
+
+def _check_model_path(key: str, spec: str | None, origins: dict[str, str]) -> None:
+    from biolord_ray.models import PATH_PREFIXES
+
+    if spec and spec.strip().startswith(PATH_PREFIXES) and \
+            not os.path.isdir(os.path.expanduser(spec.strip())):
+        raise ConfigError(f"{key}{_origin(origins, key)}: model directory {spec!r} does not "
+                          "exist (a local path; or use packaged:NAME or a hub id)")
 
 
 def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:

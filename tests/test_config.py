@@ -89,6 +89,20 @@ def test_wrong_type_names_key_and_file(tmp_path):
         load_config(None, ["contrastive.zero_stage=5"])
 
 
+def test_a_missing_local_model_path_fails_at_load_naming_the_key(tmp_path):
+    """Not minutes later in a Ray Train worker that Ray Train retries."""
+    missing = tmp_path / "no-such-model"
+    for key in ("contrastive.base_model", "distill.base_model", "definitions.llm",
+                "targets.teacher", "multilingual.teacher", "multilingual.train.base_model"):
+        with pytest.raises(ConfigError, match=rf"{key} \(from --set {key}={missing}\): model "
+                           r"directory .* does not exist"):
+            load_config(None, [f"{key}={missing}"])
+    (tmp_path / "model").mkdir()
+    assert load_config(None, [f"contrastive.base_model={tmp_path / 'model'}"])
+    # Hub ids and packaged models are not paths: resolved where they are loaded.
+    assert load_config(None, ["contrastive.base_model=org/some-model"])
+
+
 def test_missing_input_file_names_key(tmp_path):
     missing = tmp_path / "nope" / "hp.obo"
     with pytest.raises(ConfigError, match=rf"kg.path \(from --set kg.path={missing}\): "

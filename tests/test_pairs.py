@@ -5,6 +5,7 @@ import copy
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from biolord_ray import keys
 from biolord_ray.evaluation import kg_sets
 from biolord_ray.kg.schema import CONCEPT_SCHEMA
 from biolord_ray.training import pairs
@@ -83,12 +84,12 @@ def test_stage_splits_by_concept_and_keeps_held_out_texts_out(hpo_run):
                "description")
 
     names = pq.read_table(run_dir.output(kg_sets.STAGE, "names")).to_pylist()
-    held_names = {(n["concept_id"], kg_sets.normalise(n["text"])) for n in names
+    held_names = {(n["concept_id"], keys.normalise(n["text"])) for n in names
                   if n["held_out"]}
     held_definitions = {(d["concept_id"], d["text"]) for d in pq.read_table(
         run_dir.output(kg_sets.STAGE, "definitions")).to_pylist()}
     assert held_names and held_definitions
-    assert not {(r["concept_id"], kg_sets.normalise(r["anchor"])) for r in everything} & \
+    assert not {(r["concept_id"], keys.normalise(r["anchor"])) for r in everything} & \
         held_names
     assert not {(r["concept_id"], r["positive"]) for r in everything} & held_definitions
     # The training split is shuffled, not in concept order.

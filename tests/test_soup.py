@@ -62,7 +62,7 @@ def test_a_target_cap_keeps_the_pairs_of_the_lowest_drawn_concepts(ray_local, tm
     import pyarrow.parquet as pq
     import ray.data
 
-    from biolord_ray.evaluation.kg_sets import draw
+    from biolord_ray.keys import draw
 
     ids = [f"HP:{i}" for i in range(20) for _ in range(3)]  # 3 pairs per concept
     table = pa.table({"concept_id": ids, "anchor": ids, "positive": ids,

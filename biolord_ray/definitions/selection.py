@@ -7,7 +7,7 @@ candidates by
 1. no human definition first,
 2. fewest texts (preferred name + English synonyms + definitions): a concept with little
    text to train on gains most from one more,
-3. a seeded hash of the concept id (``kg_sets.draw``), so ties are drawn across the whole KG
+3. a seeded hash of the concept id (``keys.draw``), so ties are drawn across the whole KG
    instead of one id range; the id itself last makes the order total,
 
 and keeps the first ``max_concepts``. The order is total, so a larger cap keeps everything a
@@ -22,7 +22,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from biolord_ray.config import DefinitionsConfig
-from biolord_ray.evaluation.kg_sets import draw
+from biolord_ray.keys import draw
 
 # Sort keys, all ascending (False sorts before True).
 ORDER = ["has_human_definition", "texts", "draw", "concept_id"]

@@ -16,9 +16,7 @@ hierarchy sample, which is capped before it reaches the driver.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +25,7 @@ import pyarrow.parquet as pq
 
 from biolord_ray import stages
 from biolord_ray.config import EvalConfig, PipelineConfig
+from biolord_ray.keys import draw, normalise
 from biolord_ray.kg import ingest
 from biolord_ray.kg.schema import IS_A
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
@@ -60,18 +59,6 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     return run_stage(run_dir, STAGE, stage_settings(cfg.eval),
                      stages.input_identities(STAGE, cfg, run_dir),
                      lambda staging: _build(cfg.eval, run_dir, staging), force=force)
-
-
-def draw(seed: int, *parts: str) -> float:
-    """A uniform number in [0, 1) fixed by the seed and ``parts`` (concept, text, ...)."""
-    digest = hashlib.blake2b("\x1f".join([str(seed), *parts]).encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big") / 2.0**64
-
-
-def normalise(text: str) -> str:
-    """Names with the same words in any order and case ("enuresis, nocturnal" and "Nocturnal
-    enuresis") are one name here: holding out one of them would test nothing."""
-    return " ".join(sorted(re.findall(r"\w+", text.casefold())))
 
 
 def split_names(batch: pa.Table, fraction: float, synonym_types: list[str],

@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from biolord_ray import stages
+from biolord_ray import keys, stages
 from biolord_ray.config import EvalConfig
-from biolord_ray.evaluation import kg_sets, metrics
+from biolord_ray.evaluation import metrics
 from biolord_ray.evaluation.pairs import BIOMEDICAL, BUNDLED, GENERAL, PairSet, load_pairs
 from biolord_ray.models.encode import Embedder
 from biolord_ray.run_dir import RunDir
@@ -231,7 +231,7 @@ def translation_tasks(run_dir: RunDir, cfg: EvalConfig, fast: bool = False) -> l
         first = {}
         for pair in pairs:
             first.setdefault(pair["english"], pair)
-        chosen = sorted(first.values(), key=lambda p: kg_sets.draw(cfg.seed, p["english"]))
+        chosen = sorted(first.values(), key=lambda p: keys.draw(cfg.seed, p["english"]))
         chosen = chosen[:cap] if cap is not None else chosen
         tasks.append(TranslationTask(
             f"translation-{language}", [p["english"] for p in chosen],

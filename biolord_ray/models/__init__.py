@@ -51,7 +51,7 @@ DEFAULT_CACHE_DIR = "~/.cache/biolord_ray/models"
 
 # "name" or "org/name" with the characters the hub allows.
 _HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
-_PATH_PREFIXES = ("/", "./", "../", "~")
+PATH_PREFIXES = ("/", "./", "../", "~")
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -87,7 +87,7 @@ def resolve_model(
                 f"model path {spec!r} is a file; pass the directory that holds the model"
             )
         return str(local.absolute())
-    if spec.startswith(_PATH_PREFIXES):
+    if spec.startswith(PATH_PREFIXES):
         raise ModelSourceError(f"model directory {spec!r} does not exist ({local.absolute()})")
 
     if _HUB_ID_RE.match(spec):

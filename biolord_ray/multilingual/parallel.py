@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from biolord_ray import stages
 from biolord_ray.config import PipelineConfig
-from biolord_ray.evaluation.kg_sets import draw
+from biolord_ray.keys import draw
 from biolord_ray.run_dir import RunDir, StageOutputs, fingerprint, run_stage, write_parquet
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,11 @@ import logging
 
 import pyarrow as pa
 
-from biolord_ray import stages
+from biolord_ray import keys, stages
 from biolord_ray.broadcast import lookup_join
 from biolord_ray.config import PipelineConfig
 from biolord_ray.definitions import generate
 from biolord_ray.definitions.prompts import BATCH_ROWS, relation_label, with_facts
-from biolord_ray.evaluation import kg_sets
 from biolord_ray.kg import ingest
 from biolord_ray.run_dir import (
     RunDir,
@@ -84,13 +83,13 @@ def make_pairs(batch: pa.Table, max_per_concept: int, seed: int,
                               "description", "kg"))
         pairs = {(anchor.strip(), text.strip()): (kind, source) for anchor in names
                  for text, kind, source in positives}
-        chosen = sorted(pairs, key=lambda p: kg_sets.draw(seed, concept_id, *p))[:max_per_concept]
+        chosen = sorted(pairs, key=lambda p: keys.draw(seed, concept_id, *p))[:max_per_concept]
         for anchor, positive in chosen:
             kind, source = pairs[(anchor, positive)]
             for key, value in zip(PAIR_SCHEMA.names,
                                   (concept_id, anchor, positive, kind, source), strict=True):
                 rows[key].append(value)
-            rows["anchor_key"].append(kg_sets.normalise(anchor))
+            rows["anchor_key"].append(keys.normalise(anchor))
     return pa.table(rows, schema=PAIR_SCHEMA.append(pa.field("anchor_key", pa.string())))
 
 
@@ -130,7 +129,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
 
 
 def _validation_filter(fraction: float, seed: int):
-    return lambda concept_id: kg_sets.draw(seed, concept_id, "validation") < fraction
+    return lambda concept_id: keys.draw(seed, concept_id, "validation") < fraction
 
 
 def _without_held_out(pairs, run_dir: RunDir):
@@ -144,7 +143,7 @@ def _without_held_out(pairs, run_dir: RunDir):
                           columns=["concept_id", "text", "held_out"])
     names = names.filter(names["held_out"])
     names = pa.table({"concept_id": names["concept_id"],
-                      "text": pa.array([kg_sets.normalise(t) for t in names["text"].to_pylist()],
+                      "text": pa.array([keys.normalise(t) for t in names["text"].to_pylist()],
                                        pa.string())})
     definitions = pq.read_table(run_dir.output(stages.EVAL_SETS, "definitions"), filesystem=fs,
                                 columns=["concept_id", "text"])

@@ -107,10 +107,10 @@ def _tagged(batch: pa.Table, split: str) -> pa.Table:
 
 def _sampled_concepts(pair_rows, path: str, fs, tcfg):
     """The pairs of ``tcfg.max_concepts`` concepts, those with the lowest seeded hash of their
-    id (``kg_sets.draw``): a sample spread over the whole KG, the same on every rerun."""
+    id (``keys.draw``): a sample spread over the whole KG, the same on every rerun."""
     import pyarrow.parquet as pq
 
-    from biolord_ray.evaluation.kg_sets import draw
+    from biolord_ray.keys import draw
 
     ids = pc.unique(pq.read_table(path, filesystem=fs, columns=["concept_id"])["concept_id"])
     chosen = pa.array(sorted(ids.to_pylist(), key=lambda c: draw(tcfg.seed, c))
