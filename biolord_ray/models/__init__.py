@@ -99,6 +99,16 @@ def resolve_model(
     )
 
 
+def hub_id(spec: str) -> str | None:
+    """The hub id a spec stands for: a packaged model's twin, a hub id as is; None for a
+    local path."""
+    spec = spec.strip()
+    if spec.startswith(PACKAGED_PREFIX):
+        name = _packaged_name(spec[len(PACKAGED_PREFIX):])
+        return next((hub for hub, twin in HUB_TWINS.items() if twin == name), None)
+    return spec if _HUB_ID_RE.match(spec) and not Path(spec).expanduser().exists() else None
+
+
 def _packaged_list() -> str:
     return ", ".join(PACKAGED_PREFIX + name for name in PACKAGED_MODELS)
 

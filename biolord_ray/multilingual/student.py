@@ -117,7 +117,8 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
                 "parallel pairs (held out)": data["validation_pairs"],
                 "sources": ", ".join([*(["the KG"] if mcfg.from_kg else []), *mcfg.files]),
                 "teacher": data["teacher"]},
-            training=training, evaluation_markdown=markdown(report))
+            training=training, evaluation_markdown=markdown(report),
+            languages=["en", *languages])
         pafs.copy_files(local, staging, destination_filesystem=run_dir.fs)
     student = report["models"]["multilingual"]["benchmarks"]
     before = report["models"][before_label]["benchmarks"]

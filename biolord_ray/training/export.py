@@ -29,47 +29,59 @@ embeddings = F.normalize(mean_pooling(output, encoded["attention_mask"]), p=2, d
 ```'''
 
 
+# Licences of the base models with a packaged twin (the model card states the base model's
+# licence; the KG's own terms, UMLS's or SNOMED CT's, apply to what was trained on it).
+BASE_MODEL_LICENCES = {"sentence-transformers/all-mpnet-base-v2": "apache-2.0",
+                       "sentence-transformers/all-MiniLM-L6-v2": "apache-2.0"}
+CARD_TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "dense",
+             "biomedical", "biolord", "biolord-ray"]
+
+
 def write_model_card(model_dir: str | Path, *, load_path: str, section: str, title: str,
                      summary: str, cfg: PipelineConfig, tcfg: TrainConfig, data: dict,
-                     training: dict, evaluation_markdown: str | None = None) -> Path:
-    """README.md in ``model_dir``: what the model is, how to load it (from ``load_path``,
-    where the model will live), how it was made (``section``: its config section)."""
-    path = load_path
+                     training: dict, evaluation_markdown: str | None = None,
+                     languages: list[str] | None = None) -> Path:
+    """README.md in ``model_dir``: sentence-transformers' own model card (its card data: base
+    model id, language, licence, architecture, usage), followed by how this model was made:
+    the summary, the training data and recipe (``section``: its config section) and the
+    evaluation table. ``load_path``: where the model will live."""
+    from sentence_transformers import SentenceTransformer, SentenceTransformerModelCardData
+    from sentence_transformers.base.model_card import generate_model_card
+
+    from biolord_ray.models import hub_id
+
+    base = hub_id(tcfg.base_model)
+    card_data = SentenceTransformerModelCardData(
+        language=languages or ["en"], license=BASE_MODEL_LICENCES.get(base),
+        model_name=title, tags=CARD_TAGS,
+        # Offline, and not trained by sentence-transformers' trainer (no widget examples or
+        # training logs of its own): the recipe is written below.
+        local_files_only=True, generate_widget_examples=False)
+    model = SentenceTransformer(str(model_dir), device="cpu", model_card_data=card_data)
+    card_data.base_model = base  # set_base_model would ask the hub to confirm it
+    card_data.model_id = load_path  # the usage example loads it from there
     lines = [
-        "---",
-        "library_name: sentence-transformers",
-        "pipeline_tag: sentence-similarity",
-        f"base_model: {tcfg.base_model.removeprefix('packaged:')}",
-        "tags: [sentence-transformers, feature-extraction, sentence-similarity, biomedical, "
-        "biolord, biolord-ray]",
-        "---",
-        f"# {title}",
+        generate_model_card(model).rstrip(),
+        "",
+        "## How this model was made (biolord-ray)",
         "",
         summary,
         "",
         f"Made by biolord-ray on {dt.date.today().isoformat()} from the base model "
         f"`{tcfg.base_model}`.",
         "",
-        "## Usage (sentence-transformers)",
+        "### Usage (transformers: mean pooling, then L2 normalisation)",
         "",
-        "```python",
-        "from sentence_transformers import SentenceTransformer",
-        f'model = SentenceTransformer("{path}")',
-        'embeddings = model.encode(["Cat scratch injury", "Cat scratch disease"])',
-        "```",
+        TRANSFORMERS_USAGE.format(path=load_path),
         "",
-        "## Usage (transformers: mean pooling, then L2 normalisation)",
-        "",
-        TRANSFORMERS_USAGE.format(path=path),
-        "",
-        "## Training data",
+        "### Training data",
         "",
         f"Knowledge graph: {cfg.kg.describe()}"
         + (f", first {cfg.kg.max_concepts} concepts" if cfg.kg.max_concepts else "") + ".",
         "",
         *_table(["", ""], data.items()),
         "",
-        "## Training",
+        "### Training",
         "",
         *_table(["", ""], training.items()),
         "",
@@ -80,7 +92,7 @@ def write_model_card(model_dir: str | Path, *, load_path: str, section: str, tit
         "```",
     ]
     if evaluation_markdown:
-        lines += ["", "## Evaluation", "", evaluation_markdown.strip()]
+        lines += ["", "### Evaluation", "", evaluation_markdown.strip()]
     card = Path(model_dir) / "README.md"
     card.write_text("\n".join(lines) + "\n")
     return card
