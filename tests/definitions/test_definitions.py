@@ -1,6 +1,7 @@
 """Definition generation: which concepts are defined under a cap, answer validation (on hand-made
 answers and on a hand-labelled sample of real ones), and the metrics workers export. Real
-vLLM runs, killed and resumed, are in tests/test_cluster_e2e.py (and tests/test_models.py)."""
+vLLM runs, killed and resumed, are in tests/e2e/test_cluster_e2e.py (and
+tests/models/test_models.py)."""
 
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from biolord_ray.config import DefinitionsConfig
 from biolord_ray.definitions import selection, validate
 from biolord_ray.kg.schema import CONCEPT_SCHEMA
 
-LABELLED = Path(__file__).parent / "fixtures" / "definitions" / "labelled_answers.jsonl"
+LABELLED = Path(__file__).parents[1] / "fixtures" / "definitions" / "labelled_answers.jsonl"
 
 PROMPT = ('Write a definition of the biomedical concept "Nocturnal enuresis" in one or two '
           "sentences. Facts from a knowledge graph:\n- also called: bedwetting; sleep "

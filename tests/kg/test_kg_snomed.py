@@ -13,7 +13,7 @@ from biolord_ray.kg import snomed
 from biolord_ray.kg.errors import KGFormatError
 from biolord_ray.kg.tables import located_read_errors
 
-RELEASE = Path(__file__).parent / "fixtures" / "snomed" / "SnomedCT_TestRF2_20250101"
+RELEASE = Path(__file__).parents[1] / "fixtures" / "snomed" / "SnomedCT_TestRF2_20250101"
 TERMINOLOGY = Path("Snapshot") / "Terminology"
 CONCEPT_FILE = TERMINOLOGY / "sct2_Concept_Snapshot_INT_20250101.txt"
 DESCRIPTION_FILE = TERMINOLOGY / "sct2_Description_Snapshot-en_INT_20250101.txt"

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from biolord_ray.kg import ingest
 from biolord_ray.kg.schema import CONCEPT_SCHEMA, RELATION_SCHEMA
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _job(*args, command=(sys.executable, str(ROOT / "jobs" / "ingest_kg.py"))):

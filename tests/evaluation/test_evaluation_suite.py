@@ -25,7 +25,7 @@ from biolord_ray.evaluation.suite import (
 from biolord_ray.kg import ingest
 from biolord_ray.models.encode import Embedder, load_sentence_model, sentence_model_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MINILM = "packaged:all-MiniLM-L6-v2"
 PAIRS = [("heart attack", "myocardial infarction"), ("fever", "pyrexia"),
          ("kidney stone", "nephrolithiasis"), ("fracture of femur", "broken thigh bone"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_step.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_step.py"
 
 
 def test_smoke_run_from_a_prepared_folder_reports_every_figure(tmp_path):

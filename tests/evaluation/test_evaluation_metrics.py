@@ -19,7 +19,7 @@ from biolord_ray.run_dir import RunDir
 
 # The STS Benchmark dev split lives beside the repository (its texts keep their sources'
 # licences, so it is never copied in): <repo>/../shared/data/eval/.
-STSB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "stsb-dev.tsv"
+STSB_DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "eval" / "stsb-dev.tsv"
 
 
 def test_spearman_perfect_reversed_and_one_swap():

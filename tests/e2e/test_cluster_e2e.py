@@ -39,7 +39,7 @@ from biolord_ray.stages import STAGES
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # The embedded default, made small enough for CI: 120 MONDO concepts (24 of them defined by
 # the LLM) and short training runs (its grid of two distillation trials unchanged).

@@ -12,7 +12,7 @@ from biolord_ray.kg import ingest, merge, umls
 from biolord_ray.kg.schema import CONCEPT_SCHEMA
 from biolord_ray.run_dir import RunDir
 
-MONDO_EXCERPT = Path(__file__).parent / "fixtures" / "obo" / "mondo_excerpt.obo"
+MONDO_EXCERPT = Path(__file__).parents[1] / "fixtures" / "obo" / "mondo_excerpt.obo"
 
 
 def _ingest(tmp_path, sources: str, *more: str):

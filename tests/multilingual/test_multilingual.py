@@ -21,8 +21,8 @@ from biolord_ray.multilingual import parallel, student
 from biolord_ray.run_dir import RunDir
 from biolord_ray.training import loop
 
-UMLS = Path(__file__).parent / "fixtures" / "umls"
-SNOMED = Path(__file__).parent / "fixtures" / "snomed"
+UMLS = Path(__file__).parents[1] / "fixtures" / "umls"
+SNOMED = Path(__file__).parents[1] / "fixtures" / "snomed"
 MINILM = "packaged:all-MiniLM-L6-v2"
 
 

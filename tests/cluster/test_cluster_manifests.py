@@ -12,7 +12,7 @@ import yaml
 from biolord_ray.cli import build_parser
 from biolord_ray.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IMAGE_WORKDIR = "/home/ray/biolord-ray/"  # where cluster/Dockerfile.gpu puts the project
 
 

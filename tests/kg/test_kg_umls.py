@@ -9,7 +9,7 @@ from biolord_ray.kg import ingest, umls
 from biolord_ray.kg.errors import KGFormatError
 from biolord_ray.run_dir import RunDir
 
-UMLS = Path(__file__).parent / "fixtures" / "umls"
+UMLS = Path(__file__).parents[1] / "fixtures" / "umls"
 
 
 def _ingest(tmp_path, path=UMLS, *overrides):
