@@ -85,18 +85,35 @@ class Embedder:
         log.info("embedding %d texts on %d Ray Data actor(s)", len(texts), self.concurrency)
         ds = ray.data.from_arrow(pa.table({"row": np.arange(len(texts)), "text": texts}))
         ds = ds.repartition(max(self.concurrency * 4, len(texts) // 20_000))
-        out = ds.map_batches(
-            EncoderActor, fn_constructor_kwargs={"model_dir": self.model_dir,
-                                                 "batch_size": self.batch_size,
-                                                 "bf16_autocast": self.bf16_autocast},
-            batch_size=max(self.batch_size * 8, 256), concurrency=self.concurrency,
-            num_gpus=self.num_gpus, num_cpus=None if self.num_gpus else 1,
-            batch_format="numpy")
+        out = encoder_pool(ds, self.model_dir, batch_size=self.batch_size,
+                           concurrency=self.concurrency, num_gpus=self.num_gpus,
+                           rows_per_call=max(self.batch_size * 8, 256),
+                           bf16_autocast=self.bf16_autocast)
         vectors = np.empty((len(texts), self.model.get_embedding_dimension()),
                            dtype=np.float32)
         for batch in out.iter_batches(batch_format="numpy", batch_size=None):
             vectors[batch["row"]] = batch["embedding"]
         return vectors
+
+
+def encoder_pool(ds, model_dir: str, *, batch_size: int, concurrency: int, num_gpus: float,
+                 rows_per_call: int, actor=None, batch_format: str = "numpy",
+                 bf16_autocast: bool = False):
+    """``ds`` through a pool of ``concurrency`` encoder actors (``actor``, by default
+    ``EncoderActor``: adds an ``embedding`` column), each loading the model once, on
+    ``num_gpus`` GPUs each or else one CPU each, called with ``rows_per_call`` rows (the
+    encoder sorts each call's texts by length, so larger calls pad less). The one way the
+    stages (teacher targets, parallel data, evaluation) build encoder pools."""
+    import ray.data
+
+    kwargs = {"model_dir": model_dir, "batch_size": batch_size}
+    if bf16_autocast:
+        kwargs["bf16_autocast"] = True
+    return ds.map_batches(actor or EncoderActor, fn_constructor_kwargs=kwargs,
+                          batch_size=rows_per_call,
+                          compute=ray.data.ActorPoolStrategy(size=concurrency),
+                          num_gpus=num_gpus, num_cpus=None if num_gpus else 1,
+                          batch_format=batch_format)
 
 
 class EncoderActor:

@@ -85,7 +85,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import ray.data
     from ray.data.expressions import col
 
-    from biolord_ray.models.encode import EncoderActor
+    from biolord_ray.models.encode import encoder_pool
 
     mcfg, fs = cfg.multilingual, run_dir.fs
     sources = []
@@ -112,13 +112,12 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     rows = pairs.filter(expr=col("reason") == "").map_batches(
         assign_split, batch_format="pyarrow",
         fn_kwargs={"fraction": mcfg.validation_fraction, "seed": mcfg.seed},
-    ).map_batches(
-        EncoderActor, fn_constructor_kwargs={"model_dir": model_dir,
-                                             "batch_size": cfg.targets.batch_size},
-        batch_size=ENCODER_CALL_ROWS, compute=ray.data.ActorPoolStrategy(size=1),
-        num_gpus=cfg.targets.num_gpus, num_cpus=None if cfg.targets.num_gpus else 1,
-        batch_format="numpy",
-    ).map_batches(student_rows, batch_format="numpy").materialize()
+    )
+    # The teacher's encoders: the teacher_targets stage's settings (targets.*).
+    rows = encoder_pool(rows, model_dir, batch_size=cfg.targets.batch_size,
+                        concurrency=cfg.targets.concurrency, num_gpus=cfg.targets.num_gpus,
+                        rows_per_call=ENCODER_CALL_ROWS) \
+        .map_batches(student_rows, batch_format="numpy").materialize()
     if rows.count() == 0:
         raise ValueError(f"multilingual: no pairs in {mcfg.languages} from "
                          f"{'the KG and ' if mcfg.from_kg else ''}{mcfg.files}")

@@ -138,7 +138,7 @@ def teacher_targets(pair_rows, model_dir: str, tcfg, rows: int | None = None):
     """Ray Dataset of pairs (``pairs.PAIR_SCHEMA``, optionally with a ``split`` column kept
     as is) -> Ray Dataset of ``target_schema`` rows (and ``split``). ``rows``: how many pairs
     (sizes the shuffle; counted if not given)."""
-    import ray.data
+    from biolord_ray.models.encode import encoder_pool
 
     kinds = ["definition", "description"] if tcfg.include_descriptions else ["definition"]
     rows = pair_rows.count() if rows is None else rows
@@ -146,11 +146,10 @@ def teacher_targets(pair_rows, model_dir: str, tcfg, rows: int | None = None):
                                   keys=["concept_id"]) \
         .map_batches(concept_texts, batch_size=None, batch_format="pyarrow",
                      fn_kwargs={"kinds": kinds})
-    return texts.map_batches(
-        TargetEncoder, fn_constructor_kwargs={"model_dir": model_dir,
-                                              "batch_size": tcfg.batch_size},
-        batch_size=CONCEPTS_PER_CALL, compute=ray.data.ActorPoolStrategy(size=tcfg.concurrency),
-        num_gpus=tcfg.num_gpus, num_cpus=None if tcfg.num_gpus else 1, batch_format="pyarrow")
+    return encoder_pool(texts, model_dir, batch_size=tcfg.batch_size,
+                        concurrency=tcfg.concurrency, num_gpus=tcfg.num_gpus,
+                        rows_per_call=CONCEPTS_PER_CALL, actor=TargetEncoder,
+                        batch_format="pyarrow")
 
 
 def concept_texts(block: pa.Table, kinds: list[str]) -> pa.Table:
