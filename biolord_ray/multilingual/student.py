@@ -14,17 +14,14 @@ student before training and student after it, on the evaluation suite plus trans
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 
 from biolord_ray import stages
-from biolord_ray.config import PipelineConfig, config_hash
+from biolord_ray.config import PipelineConfig
 from biolord_ray.multilingual import parallel
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
-from biolord_ray.training import loop
+from biolord_ray.training import fitting, loop
 from biolord_ray.training.phases import MULTILINGUAL
 
 log = logging.getLogger(__name__)
@@ -35,25 +32,18 @@ STAGE = stages.DISTILL_MULTILINGUAL
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     inputs = stages.input_identities(STAGE, cfg, run_dir)
     settings = {"train": cfg.multilingual.train, "eval": cfg.eval}
-    name = f"ray-train-{config_hash({'settings': settings, 'inputs': inputs})[:12]}"
+    name = fitting.run_name(settings, inputs)
     return run_stage(run_dir, STAGE, settings, inputs,
                      lambda staging: _build(cfg, run_dir, staging, name, force), force=force)
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
            force: bool) -> StageOutputs:
-    from biolord_ray.evaluation import build_suite
-
     tcfg, fs = cfg.multilingual.train, run_dir.fs
     train, validation = (run_dir.output(stages.PARALLEL_DATA, split) for split in parallel.SPLITS)
     check_width(cfg, pads.dataset(train, filesystem=fs, format="parquet").schema)
-    datasets = loop.read_datasets(train, validation, fs, ["text", "target"], tcfg)
-    suite = build_suite(cfg.eval, tcfg.validation_suites, run_dir, fast=True) \
-        if tcfg.validation_suites else None
-    storage = run_dir.path("_work", STAGE)  # outside staging: a rerun resumes from it
-    if force and fs.get_file_info(f"{storage}/{name}").type != pafs.FileType.NotFound:
-        fs.delete_dir(f"{storage}/{name}")
-    result = loop.fit(MULTILINGUAL, tcfg, cfg.models, datasets, suite, storage, fs, name)
+    result = fitting.fit_phase(MULTILINGUAL, tcfg, cfg, run_dir, STAGE, name, train=train,
+                               validation=validation, columns=["text", "target"], force=force)
     return _export(cfg, run_dir, staging, result)
 
 
@@ -78,53 +68,41 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
     """The best checkpoint's model with its card, the history, and the evaluation of teacher,
     student before and student after training (suite + translation), into ``staging``."""
     from biolord_ray.evaluation import build_suite, evaluate_models, model_label
-    from biolord_ray.evaluation.report import markdown, write_report
-    from biolord_ray.training.export import export_best, write_history, write_model_card
 
     tcfg, mcfg = cfg.multilingual.train, cfg.multilingual
     data = run_dir.completed(stages.PARALLEL_DATA)["counts"]
-    with tempfile.TemporaryDirectory(prefix="biolord-export-") as local:
-        model_dir = os.path.join(local, loop.EXPORT_SUBDIR)
-        history, best_metrics = export_best(result, model_dir)
-        write_history(history, local, f"multilingual student: {tcfg.base_model} "
-                                      f"({data['train_pairs']} translation pairs)")
+    before_label = f"student before ({model_label(tcfg.base_model)})"
+
+    def evaluate(model_dir: str) -> dict:
         suites = list(dict.fromkeys([*cfg.eval.suites, "translation"]))
-        before_label = f"student before ({model_label(tcfg.base_model)})"
-        report = evaluate_models(
+        return evaluate_models(
             [parallel.teacher_dir(cfg, run_dir), tcfg.base_model, model_dir],
             build_suite(cfg.eval, suites, run_dir), cfg,
             labels=["teacher", before_label, "multilingual"],
             locations=[None, None, run_dir.path(STAGE, loop.EXPORT_SUBDIR)])
-        write_report(report, os.path.join(local, "evaluation"))
-        training = {
-            "optimiser steps": history[-1]["step"],
-            "Ray Train workers": f"{tcfg.num_workers} ({'GPU' if tcfg.use_gpu else 'CPU'})",
-            "DeepSpeed": f"ZeRO-{tcfg.zero_stage}, {loop.resolve_precision(tcfg)}",
-            "selected checkpoint": f"step {best_metrics['step']} (translation accuracy "
-                                   f"{best_metrics[loop.SCORE]:.4f}; before training "
-                                   f"{history[0][loop.SCORE]:.4f})"}
-        languages = sorted(k.removeprefix("train_pairs_") for k in data
-                           if k.startswith("train_pairs_"))
-        write_model_card(
-            model_dir, load_path=run_dir.path(STAGE, loop.EXPORT_SUBDIR),
-            section="multilingual.train", title="BioLORD-2023-M style multilingual model",
-            summary="The English model's embedding space extended to "
-                    f"{', '.join(languages)}: the student learned to embed English names and "
-                    "their translations where the English teacher embeds the English name "
-                    "(multilingual knowledge distillation).",
-            cfg=cfg, tcfg=tcfg, data={
-                "parallel pairs (training)": data["train_pairs"],
-                "parallel pairs (held out)": data["validation_pairs"],
-                "sources": ", ".join([*(["the KG"] if mcfg.from_kg else []), *mcfg.files]),
-                "teacher": data["teacher"]},
-            training=training, evaluation_markdown=markdown(report),
-            languages=["en", *languages])
-        pafs.copy_files(local, staging, destination_filesystem=run_dir.fs)
+
+    languages = sorted(k.removeprefix("train_pairs_") for k in data
+                       if k.startswith("train_pairs_"))
+    history, best, report = fitting.export_phase(
+        result, tcfg, run_dir, staging, STAGE,
+        history_title=f"multilingual student: {tcfg.base_model} "
+                      f"({data['train_pairs']} translation pairs)",
+        evaluate=evaluate, score_names=("translation accuracy", "before training"),
+        card={"section": "multilingual.train",
+              "title": "BioLORD-2023-M style multilingual model",
+              "summary": "The English model's embedding space extended to "
+                         f"{', '.join(languages)}: the student learned to embed English names "
+                         "and their translations where the English teacher embeds the English "
+                         "name (multilingual knowledge distillation).",
+              "cfg": cfg, "languages": ["en", *languages],
+              "data": {"parallel pairs (training)": data["train_pairs"],
+                       "parallel pairs (held out)": data["validation_pairs"],
+                       "sources": ", ".join([*(["the KG"] if mcfg.from_kg else []),
+                                             *mcfg.files]),
+                       "teacher": data["teacher"]}})
     student = report["models"]["multilingual"]["benchmarks"]
     before = report["models"][before_label]["benchmarks"]
-    counts = {"steps": history[-1]["step"], "best_step": best_metrics["step"],
-              "best_val_score": round(best_metrics[loop.SCORE], 4),
-              "base_val_score": round(history[0][loop.SCORE], 4),
+    counts = {**fitting.phase_counts(history, best),
               **{f"{name}_before": round(before[name]["accuracy"], 4)
                  for name in student if name.startswith("translation-")},
               **{f"{name}_after": round(student[name]["accuracy"], 4)

@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 from biolord_ray import stages
 from biolord_ray.config import PipelineConfig, TrainConfig, config_hash
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
-from biolord_ray.training import loop
+from biolord_ray.training import fitting, loop
 from biolord_ray.training.phases import DISTILL
 
 log = logging.getLogger(__name__)
@@ -70,17 +70,12 @@ def distill_trial(params: dict, cfg: PipelineConfig, run_dir_uri: str, train_sto
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from biolord_ray.evaluation import build_suite
-
     run_dir = RunDir(run_dir_uri)
-    tcfg = trial_config(cfg.distill, params)
-    suite = build_suite(cfg.eval, tcfg.validation_suites, run_dir, fast=True) \
-        if tcfg.validation_suites else None
-    datasets = loop.read_datasets(run_dir.output(stages.TEACHER_TARGETS, "train"),
-                                  run_dir.output(stages.TEACHER_TARGETS, "validation"), run_dir.fs,
-                                  ["text", "target"], tcfg)
-    loop.fit(DISTILL, tcfg, cfg.models, datasets, suite, train_storage, run_dir.fs,
-             trial_name(params), callbacks=[TuneReportCallback()])
+    fitting.fit_phase(DISTILL, trial_config(cfg.distill, params), cfg, run_dir, STAGE,
+                      trial_name(params), train=run_dir.output(stages.TEACHER_TARGETS, "train"),
+                      validation=run_dir.output(stages.TEACHER_TARGETS, "validation"),
+                      columns=["text", "target"], storage=train_storage,
+                      callbacks=[TuneReportCallback()])
 
 
 def trial_concurrency(cfg: PipelineConfig) -> int:

@@ -1,0 +1,82 @@
+"""A training stage's two halves, shared by the contrastive phase (-C), the distillation
+trials (-S) and the multilingual student (-M): fit a phase on Ray Train from two Parquet
+splits, and export the best checkpoint with its history, evaluation and model card."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+
+import pyarrow.fs as pafs
+
+from biolord_ray.config import PipelineConfig, TrainConfig, config_hash
+from biolord_ray.run_dir import RunDir
+from biolord_ray.training import loop
+
+
+def run_name(settings: dict, inputs: dict) -> str:
+    """The Ray Train run's name: a rerun with the same config and inputs resumes it."""
+    return f"ray-train-{config_hash({'settings': settings, 'inputs': inputs})[:12]}"
+
+
+def fit_phase(phase: loop.Phase, tcfg: TrainConfig, cfg: PipelineConfig, run_dir: RunDir,
+              stage: str, name: str, *, train: str, validation: str, columns: list[str],
+              force: bool = False, storage: str | None = None, callbacks: list | None = None):
+    """``loop.fit`` on the ``train``/``validation`` Parquet outputs, validated on the fast
+    suite ``tcfg.validation_suites``. Ray Train's storage (checkpoints, run state) is
+    ``<run_dir>/_work/<stage>`` unless given: outside the stage's staging folder, so a
+    rerun after a crash finds it and resumes; ``force`` starts the run over."""
+    from biolord_ray.evaluation import build_suite
+
+    fs = run_dir.fs
+    datasets = loop.read_datasets(train, validation, fs, columns, tcfg)
+    suite = build_suite(cfg.eval, tcfg.validation_suites, run_dir, fast=True) \
+        if tcfg.validation_suites else None
+    storage = storage or run_dir.path("_work", stage)
+    if force and fs.get_file_info(f"{storage}/{name}").type != pafs.FileType.NotFound:
+        fs.delete_dir(f"{storage}/{name}")
+    return loop.fit(phase, tcfg, cfg.models, datasets, suite, storage, fs, name,
+                    callbacks=callbacks)
+
+
+def export_phase(result, tcfg: TrainConfig, run_dir: RunDir, staging: str, stage: str, *,
+                 history_title: str, evaluate: Callable[[str], dict | None],
+                 score_names: tuple[str, str], card: dict) -> tuple[list[dict], dict, dict]:
+    """Into ``staging``: the best checkpoint's model (``model/``) with its card, the history
+    (``history.csv/.png``) and ``evaluate(model_dir)``'s report (``evaluation/``, when it
+    returns one). ``score_names``: what the validation score and step 0 are, for the card
+    ("fast-suite score", "base model"). ``card``: ``write_model_card``'s other arguments.
+    Returns (history, the best checkpoint's metrics, the report or None)."""
+    from biolord_ray.evaluation.report import markdown, write_report
+    from biolord_ray.training.export import export_best, write_history, write_model_card
+
+    with tempfile.TemporaryDirectory(prefix="biolord-export-") as local:
+        model_dir = os.path.join(local, loop.EXPORT_SUBDIR)
+        history, best = export_best(result, model_dir)
+        write_history(history, local, history_title)
+        report = evaluate(model_dir)
+        if report:
+            write_report(report, os.path.join(local, "evaluation"))
+        score, start = score_names
+        training = {
+            "optimiser steps": history[-1]["step"], "epochs": tcfg.epochs,
+            "Ray Train workers": f"{tcfg.num_workers} ({'GPU' if tcfg.use_gpu else 'CPU'})",
+            "global batch": f"{tcfg.batch_size} x {tcfg.num_workers} workers x "
+                            f"{tcfg.grad_accumulation} accumulation",
+            "DeepSpeed": f"ZeRO-{tcfg.zero_stage}, {loop.resolve_precision(tcfg)}",
+            "selected checkpoint": f"step {best['step']} ({score} {best[loop.SCORE]:.4f}; "
+                                   f"{start} {history[0][loop.SCORE]:.4f})",
+        }
+        write_model_card(model_dir, load_path=run_dir.path(stage, loop.EXPORT_SUBDIR),
+                         tcfg=tcfg, training=training,
+                         evaluation_markdown=markdown(report) if report else None, **card)
+        pafs.copy_files(local, staging, destination_filesystem=run_dir.fs)
+    return history, best, report
+
+
+def phase_counts(history: list[dict], best: dict) -> dict:
+    """The manifest counts every training stage records."""
+    return {"steps": history[-1]["step"], "best_step": best["step"],
+            "best_val_score": round(best[loop.SCORE], 4),
+            "base_val_score": round(history[0][loop.SCORE], 4)}
