@@ -92,18 +92,17 @@ def prepare_pairs(cfg, n_rows: int) -> str:
     """The first ``n_rows`` training pairs of the run directory (stages run if missing)."""
     import pyarrow.parquet as pq
 
-    from biolord_ray.evaluation import kg_sets
-    from biolord_ray.kg import ingest
+    from biolord_ray import stages
     from biolord_ray.run_dir import RunDir
     from biolord_ray.runtime import init_ray
-    from biolord_ray.training import pairs
 
     run_dir = RunDir(cfg.run_dir)
-    if not run_dir.stage_record(pairs.STAGE):
+    if not run_dir.stage_record(stages.BUILD_PAIRS):
         init_ray(cfg.ray)
-        for stage in (ingest, kg_sets, pairs):
-            stage.run(cfg, run_dir)
-    table = pq.read_table(run_dir.output(pairs.STAGE, "train"), filesystem=run_dir.fs)
+        # Without LLM definitions (generate_definitions not run): the pairs are only timed.
+        for stage in (stages.INGEST_KG, stages.EVAL_SETS, stages.BUILD_PAIRS):
+            stages.run(stage, cfg, run_dir)
+    table = pq.read_table(run_dir.output(stages.BUILD_PAIRS, "train"), filesystem=run_dir.fs)
     if table.num_rows < n_rows:
         raise SystemExit(f"{table.num_rows} training pairs; the benchmark needs {n_rows} "
                          "(lower --steps)")

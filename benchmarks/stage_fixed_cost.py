@@ -48,7 +48,7 @@ def cases(work: Path, large: int) -> list[dict]:
     from synthetic_snomed import write_release as snomed_release
     from synthetic_umls import release as umls_release
 
-    from biolord_ray.evaluation import kg_sets
+    from biolord_ray.evaluation import eval_sets
     from biolord_ray.kg import ingest
     from biolord_ray.training import pairs
 
@@ -64,9 +64,9 @@ def cases(work: Path, large: int) -> list[dict]:
          "sizes": [["kg.format=snomed",
                     f"kg.path={REPO}/tests/fixtures/snomed/SnomedCT_TestRF2_20250101", whole],
                    ["kg.format=snomed", f"kg.path={snomed}", whole]]},
-        {"stage": "eval_sets", "prepare": [ingest.run], "time": kg_sets.run,
+        {"stage": "eval_sets", "prepare": [ingest.run], "time": eval_sets.run,
          "sizes": [mondo(large // 10), mondo(large)]},
-        {"stage": "build_pairs", "prepare": [ingest.run, kg_sets.run], "time": pairs.run,
+        {"stage": "build_pairs", "prepare": [ingest.run, eval_sets.run], "time": pairs.run,
          "sizes": [mondo(large // 10), mondo(large)]},
     ]
 

@@ -7,7 +7,7 @@ invocation:
 * **bare**: one process, no Ray: the distinct (concept, text) rows computed with pandas,
   ``model.encode`` over them (torch limited to ``--threads``, the CPUs one encoder actor
   gets), the per-concept normalised mean with numpy;
-* **pipeline**: ``targets.teacher_targets``: a keyed repartition by concept, the distinct
+* **pipeline**: ``teacher_targets.teacher_targets``: a keyed repartition by concept, the distinct
   texts per concept, ``map_batches`` over ``--actors`` encoder actors that each get whole
   concepts and average them, materialised.
 
@@ -43,21 +43,20 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
+    from biolord_ray import stages
     from biolord_ray.config import load_config
-    from biolord_ray.evaluation import kg_sets
-    from biolord_ray.kg import ingest
     from biolord_ray.models.encode import sentence_model_dir
     from biolord_ray.run_dir import RunDir
     from biolord_ray.runtime import init_ray
-    from biolord_ray.training import pairs
 
     cfg = load_config(None, [f"run_dir={args.run_dir}", f"targets.concurrency={args.actors}"])
     run_dir = RunDir(cfg.run_dir)
     init_ray(cfg.ray)
-    if not run_dir.stage_record(pairs.STAGE):
-        for stage in (ingest, kg_sets, pairs):
-            stage.run(cfg, run_dir)
-    table = pq.read_table(run_dir.output(pairs.STAGE, "train"), filesystem=run_dir.fs)
+    if not run_dir.stage_record(stages.BUILD_PAIRS):
+        # Without LLM definitions (generate_definitions not run): the pairs are only timed.
+        for stage in (stages.INGEST_KG, stages.EVAL_SETS, stages.BUILD_PAIRS):
+            stages.run(stage, cfg, run_dir)
+    table = pq.read_table(run_dir.output(stages.BUILD_PAIRS, "train"), filesystem=run_dir.fs)
     model_dir = sentence_model_dir(args.teacher)
 
     bare = run_bare(table, model_dir, cfg.targets.batch_size, args.threads)
@@ -103,12 +102,12 @@ def run_bare(table, model_dir: str, batch_size: int, threads: int) -> dict:
 def run_pipeline(table, model_dir: str, tcfg) -> dict:
     import ray.data
 
-    from biolord_ray.training import targets
+    from biolord_ray.training import teacher_targets
 
-    targets.check_room_for_shuffles(tcfg)
+    teacher_targets.check_room_for_shuffles(tcfg)
     source = ray.data.from_arrow(table).materialize()
     started = time.perf_counter()
-    out = targets.teacher_targets(source, model_dir, tcfg).materialize()
+    out = teacher_targets.teacher_targets(source, model_dir, tcfg).materialize()
     seconds = time.perf_counter() - started
     texts = out.count()
     return {"texts": texts, "concepts": len(out.unique("concept_id")),

@@ -61,7 +61,7 @@ def child(meta: Path, run_root: Path, concepts: int) -> dict:
 
     from biolord_ray.config import load_config
     from biolord_ray.definitions import generate
-    from biolord_ray.evaluation import kg_sets
+    from biolord_ray.evaluation import eval_sets
     from biolord_ray.kg import ingest
     from biolord_ray.run_dir import RunDir
     from biolord_ray.runtime import init_ray
@@ -76,7 +76,7 @@ def child(meta: Path, run_root: Path, concepts: int) -> dict:
     sampler.start()
     steps = {
         "ingest_kg": lambda: ingest.run(cfg, run_dir),
-        "eval_sets": lambda: kg_sets.run(cfg, run_dir),
+        "eval_sets": lambda: eval_sets.run(cfg, run_dir),
         "prompts": lambda: generate._write_prompts(cfg, run_dir, run_dir.path("prompts")),
         "build_pairs": lambda: pairs.run(cfg, run_dir),
     }

@@ -253,7 +253,7 @@ eval_sets first when they are not complete). Writes results.json, results.md, re
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from biolord_ray.config import EVAL_SUITES
-    from biolord_ray.evaluation.pairs import PRESETS
+    from biolord_ray.evaluation.benchmark_files import PRESETS
 
     parser.add_argument("models", nargs="+", metavar="MODEL")
     parser.add_argument("--benchmark", action="append", default=[], metavar="PRESET=PATH",
@@ -272,7 +272,7 @@ def file_benchmarks(items: list[str]) -> list:
     from pathlib import Path
 
     from biolord_ray.config import BenchmarkFile
-    from biolord_ray.evaluation.pairs import PRESETS
+    from biolord_ray.evaluation.benchmark_files import PRESETS
 
     benchmarks = []
     for item in items:

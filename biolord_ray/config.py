@@ -335,7 +335,7 @@ class BenchmarkFile:
     path: str = input_path()
     # umnsrs-sim, umnsrs-rel, mayosrs, minimayosrs, ehr-rel, biosses, sts or stsb (the STS
     # Benchmark's own TSV: general-language, reported as "general STS" and left out of the
-    # score models are selected by; the list lives in biolord_ray/evaluation/pairs.py, PRESETS).
+    # score models are selected by; the list lives in biolord_ray/evaluation/benchmark_files.py, PRESETS).
     preset: str = "sts"
     # Column names, for the sts preset (any CSV/TSV/JSON/JSONL with two texts and a score).
     text1: str | None = None
@@ -656,7 +656,9 @@ def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
     if unknown:
         raise ConfigError(f"eval.suites{_origin(origins, 'eval.suites')}: unknown suite(s) "
                           f"{', '.join(unknown)}; known: {', '.join(EVAL_SUITES)}")
-    from biolord_ray.evaluation.pairs import PRESETS  # stdlib-only module, cheap to import
+    from biolord_ray.evaluation.benchmark_files import (
+        PRESETS,  # stdlib-only module, cheap to import
+    )
 
     for i, bench in enumerate(ev.benchmarks):
         if bench.preset not in PRESETS:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from biolord_ray.config import PipelineConfig
-from biolord_ray.evaluation.pairs import PRESETS, EvalFormatError, load_pairs
+from biolord_ray.evaluation.benchmark_files import PRESETS, EvalFormatError, load_pairs
 from biolord_ray.evaluation.suite import EvalSuite, build_suite, main_score
 from biolord_ray.models.encode import Embedder, load_sentence_model, sentence_model_dir
 

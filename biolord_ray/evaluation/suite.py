@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from biolord_ray import keys, stages
 from biolord_ray.config import EvalConfig
 from biolord_ray.evaluation import metrics
-from biolord_ray.evaluation.pairs import BIOMEDICAL, BUNDLED, GENERAL, PairSet, load_pairs
+from biolord_ray.evaluation.benchmark_files import BIOMEDICAL, BUNDLED, GENERAL, PairSet, load_pairs
 from biolord_ray.models.encode import Embedder
 from biolord_ray.run_dir import RunDir
 

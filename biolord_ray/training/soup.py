@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 from biolord_ray import stages
 from biolord_ray.config import PipelineConfig
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
-from biolord_ray.training import distill, loop, targets
+from biolord_ray.training import distill, loop, teacher_targets
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def _evaluate(cfg: PipelineConfig, run_dir: RunDir, out: str,
 
     if not cfg.eval.suites:
         return None
-    dirs = {"teacher": targets.teacher_dir(cfg, run_dir), **trained}
+    dirs = {"teacher": teacher_targets.teacher_dir(cfg, run_dir), **trained}
     exported = run_dir.path(STAGE, loop.EXPORT_SUBDIR)
     locations = {  # where each model lives after the stage (None: where it is)
         "teacher": None, "best_trial": run_dir.path(STAGE, SINGLE_SUBDIR),

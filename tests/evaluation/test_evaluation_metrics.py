@@ -12,7 +12,7 @@ import pytest
 
 from biolord_ray.cli import save_report
 from biolord_ray.evaluation import metrics
-from biolord_ray.evaluation.pairs import BUNDLED, GENERAL, EvalFormatError, load_pairs
+from biolord_ray.evaluation.benchmark_files import BUNDLED, GENERAL, EvalFormatError, load_pairs
 from biolord_ray.evaluation.report import markdown, write_report
 from biolord_ray.evaluation.suite import SimilarityTask, main_score
 from biolord_ray.run_dir import RunDir

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from biolord_ray.config import DISEASE_GLOSSARY
-from biolord_ray.evaluation import kg_sets
-from biolord_ray.evaluation.pairs import load_pairs
+from biolord_ray.evaluation import eval_sets
+from biolord_ray.evaluation.benchmark_files import load_pairs
 from biolord_ray.evaluation.suite import (
     EvalSuite,
     SimilarityTask,
@@ -58,14 +58,14 @@ def eval_run(hpo_run):
     cfg, run_dir, _ = hpo_run
     cfg = copy.deepcopy(cfg)  # the session's config, shared with other tests
     cfg.eval.holdout_fraction = 0.3  # 400 concepts: enough queries for the test
-    record = kg_sets.run(cfg, run_dir)
+    record = eval_sets.run(cfg, run_dir)
     return cfg, run_dir, record
 
 
 def test_eval_sets_hold_out_synonyms_never_preferred_names(eval_run):
     cfg, run_dir, record = eval_run
     concepts = {c["concept_id"]: c for c in ingest.read_concepts(run_dir).to_pylist()}
-    names = pq.read_table(run_dir.output(kg_sets.STAGE, "names")).to_pylist()
+    names = pq.read_table(run_dir.output(eval_sets.STAGE, "names")).to_pylist()
     held = [n for n in names if n["held_out"]]
     assert record["counts"]["held_out_synonyms"] == len(held) > 20
     assert record["counts"]["index_names"] == len(names) - len(held)
@@ -82,8 +82,8 @@ def test_eval_sets_hold_out_synonyms_never_preferred_names(eval_run):
         1 for c in concepts.values() for s in c["synonyms"] if s["type"] == "exact"
         and s["text"] not in preferred), rel=0.35)
     # A rerun with the same config is skipped; the choice is a pure function of the seed.
-    assert kg_sets.run(cfg, run_dir)["finished_at"] == record["finished_at"]
-    again = kg_sets.split_names(ingest.read_concepts(run_dir), 0.3, ["exact"], cfg.eval.seed)
+    assert eval_sets.run(cfg, run_dir)["finished_at"] == record["finished_at"]
+    again = eval_sets.split_names(ingest.read_concepts(run_dir), 0.3, ["exact"], cfg.eval.seed)
     assert sorted(again.to_pylist(), key=str) == sorted(names, key=str)
 
 
@@ -91,7 +91,7 @@ def test_eval_sets_hierarchy_pairs_are_real_edges_and_random_pairs(eval_run):
     _, run_dir, record = eval_run
     edges = {(r["head_id"], r["tail_id"]) for r in ingest.read_relations(run_dir).to_pylist()
              if r["relation"] == "is_a"}
-    pairs = pq.read_table(run_dir.output(kg_sets.STAGE, "hierarchy")).to_pylist()
+    pairs = pq.read_table(run_dir.output(eval_sets.STAGE, "hierarchy")).to_pylist()
     positives = [p for p in pairs if p["label"] == 1]
     negatives = [p for p in pairs if p["label"] == 0]
     assert record["counts"]["hierarchy_pairs"] == len(positives) > 100

@@ -14,10 +14,10 @@ import pytest
 
 from biolord_ray import report
 from biolord_ray.config import DISEASE_GLOSSARY, KGConfig, load_config
-from biolord_ray.evaluation import kg_sets
+from biolord_ray.evaluation import eval_sets
 from biolord_ray.kg import ingest, obo, snomed
 from biolord_ray.kg.schema import CONCEPT_SCHEMA
-from biolord_ray.multilingual import parallel, student
+from biolord_ray.multilingual import distill_multilingual, parallel_data
 from biolord_ray.run_dir import RunDir
 from biolord_ray.training import loop
 
@@ -41,7 +41,7 @@ def umls_run(tmp_path_factory, ray_local):
 
 def test_kg_pairs_are_the_english_name_with_each_name_in_a_configured_language(umls_run):
     _, run_dir = umls_run
-    pairs = parallel.kg_pairs(ingest.read_concepts(run_dir), ["es", "fr", "de", "nl"])
+    pairs = parallel_data.kg_pairs(ingest.read_concepts(run_dir), ["es", "fr", "de", "nl"])
     found = {(p["concept_id"], p["language"], p["source"], p["target"])
              for p in pairs.to_pylist() if not p["reason"]}
     assert found == {
@@ -72,8 +72,8 @@ def test_english_phases_leave_out_concepts_without_an_english_name(umls_run):
     assert counts["concepts_without_english_name"] == 1
     english = {r["concept_id"] for r in ingest.english_concepts(run_dir).take_all()}
     assert len(english) == counts["concepts"] - 1 and "C9999999" not in english
-    kg_sets.run(cfg, run_dir)  # evaluation sets, as the English phases read the KG
-    names = pq.read_table(run_dir.output(kg_sets.STAGE, "names"))
+    eval_sets.run(cfg, run_dir)  # evaluation sets, as the English phases read the KG
+    names = pq.read_table(run_dir.output(eval_sets.STAGE, "names"))
     assert "C9999999" not in names["concept_id"].to_pylist()
     assert set(names["concept_id"].to_pylist()) <= english
 
@@ -94,7 +94,7 @@ def test_kg_pairs_from_a_snomed_ct_extension(ray_local):
         ("High blood pressure", "exact"), ("Hypertensive disorder, systemic arterial",
                                            "fully_specified"),
         ("hypertensieve aandoening", "other_language"), ("hoge bloeddruk", "other_language")}
-    pairs = parallel.kg_pairs(pa.Table.from_pylist(rows, schema=CONCEPT_SCHEMA), ["nl", "es"])
+    pairs = parallel_data.kg_pairs(pa.Table.from_pylist(rows, schema=CONCEPT_SCHEMA), ["nl", "es"])
     assert sorted((p["concept_id"], p["language"], p["source"], p["target"])
                   for p in pairs.to_pylist() if not p["reason"]) == [
         ("38341003", "nl", "Hypertensive disorder", "hoge bloeddruk"),
@@ -116,7 +116,7 @@ def test_kg_pairs_from_language_tagged_obo_synonyms(tmp_path):
         'synonym: "bronchial asthma" EXACT []\n\n'
         '[Term]\nid: X:2\nname: heart\nsynonym: "cœur" EXACT [] {lang="fr"}\n')
     concepts, _, _ = obo.read_obo(str(path), languages=["en", "fr", "es"])
-    pairs = parallel.kg_pairs(concepts, ["fr", "es", "de"])
+    pairs = parallel_data.kg_pairs(concepts, ["fr", "es", "de"])
     assert [(p["concept_id"], p["language"], p["source"], p["target"], p["reason"])
             for p in pairs.to_pylist()] == [
         ("X:1", "fr", "asthma", "asthme", ""), ("X:1", "es", "asthma", "asma", ""),
@@ -131,8 +131,8 @@ def test_parallel_file_rows_are_cleaned_or_quarantined_with_a_reason(tmp_path, r
                     "Heart\t\tfr\n"
                     "\tHerz\tde\n"
                     "Disease\tmalattia\tit\n")
-    rows = parallel.read_parallel_file(str(path)).map_batches(
-        parallel.file_pairs, batch_format="pyarrow",
+    rows = parallel_data.read_parallel_file(str(path)).map_batches(
+        parallel_data.file_pairs, batch_format="pyarrow",
         fn_kwargs={"languages": ["es", "fr", "de"], "origin": str(path)}).take_all()
     assert [(r["source"], r["target"], r["language"], r["reason"]) for r in rows] == [
         ("Asthma", "asma", "es", ""),
@@ -150,8 +150,8 @@ def test_parquet_parallel_file_with_concept_ids(tmp_path, ray_local):
     pq.write_table(pa.table({"concept_id": [73211009, 38341003], "source": ["Diabetes", "HTN"],
                              "target": ["Diabetes", "Hipertensión"],
                              "language": ["es", "es"]}), path)
-    rows = parallel.read_parallel_file(str(path)).map_batches(
-        parallel.file_pairs, batch_format="pyarrow",
+    rows = parallel_data.read_parallel_file(str(path)).map_batches(
+        parallel_data.file_pairs, batch_format="pyarrow",
         fn_kwargs={"languages": ["es"], "origin": str(path)}).take_all()
     assert [(r["concept_id"], r["target"], r["reason"]) for r in rows] == [
         ("73211009", "Diabetes", ""), ("38341003", "Hipertensión", "")]
@@ -161,7 +161,7 @@ def test_parallel_file_without_a_required_column_names_file_and_column(tmp_path,
     path = tmp_path / "pairs.tsv"
     path.write_text("source\ttranslation\tlanguage\nHeart\tHerz\tde\n")
     with pytest.raises(ValueError, match=rf"{path}: no column\(s\) target"):
-        parallel.read_parallel_file(str(path))
+        parallel_data.read_parallel_file(str(path))
 
 
 def test_glossary_is_a_valid_parallel_file():
@@ -181,26 +181,26 @@ def test_student_learns_to_embed_translations_like_the_teacher(umls_run):
     t = cfg.multilingual.train
     t.max_steps, t.checkpoint_every = 32, 16  # two of the default's three epochs
 
-    record = parallel.run(cfg, run_dir)
+    record = parallel_data.run(cfg, run_dir)
     counts = record["counts"]
     languages = ["da", "de", "es", "fr", "nl", "sv"]
     assert counts["train_pairs"] + counts["validation_pairs"] == 654 + 12  # glossary + KG
     assert all(counts[f"validation_pairs_{lang}"] > 0 for lang in languages)
     assert counts["quarantined"] == counts["quarantined_no_english_name"] == 1
-    rows = pq.read_table(run_dir.output(parallel.STAGE, "train")).to_pandas()
+    rows = pq.read_table(run_dir.output(parallel_data.STAGE, "train")).to_pandas()
     assert (rows["kind"] == "english").sum() == (rows["kind"] == "translation").sum()
     english = rows[rows["kind"] == "english"]
     assert (english["text"] == english["english"]).all()
     vectors = np.stack(rows["target"].map(np.asarray))
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # A held-out concept has none of its pairs in training.
-    held = set(pq.read_table(run_dir.output(parallel.STAGE, "validation"))["concept_id"]
+    held = set(pq.read_table(run_dir.output(parallel_data.STAGE, "validation"))["concept_id"]
                .to_pylist())
     assert held and not held & set(rows["concept_id"])
 
-    record = student.run(cfg, run_dir)
+    record = distill_multilingual.run(cfg, run_dir)
     history = {int(r["step"]): r for r in
-               csv.DictReader(open(run_dir.path(student.STAGE, "history.csv")))}
+               csv.DictReader(open(run_dir.path(distill_multilingual.STAGE, "history.csv")))}
     # Validations every 16 steps and at each epoch's end (where it falls depends on the data).
     assert min(history) == 0 and max(history) == 32 and 16 in history, sorted(history)
     # Translation accuracy (held-out pairs, mean of the languages) rises over training, and
@@ -208,7 +208,7 @@ def test_student_learns_to_embed_translations_like_the_teacher(umls_run):
     scores = [float(history[step][loop.SCORE]) for step in (0, 16, 32)]
     losses = [float(history[step]["val_loss"]) for step in (0, 16, 32)]
     assert scores[0] < min(scores[1:]) and losses[0] > losses[1] > losses[2], history
-    results = json.loads((Path(run_dir.path(student.STAGE, "evaluation"))
+    results = json.loads((Path(run_dir.path(distill_multilingual.STAGE, "evaluation"))
                           / "results.json").read_text())
     before, after = (results["models"][label]["benchmarks"] for label in
                      (f"student before ({MINILM.removeprefix('packaged:')})", "multilingual"))
@@ -218,12 +218,12 @@ def test_student_learns_to_embed_translations_like_the_teacher(umls_run):
     assert all(after[t]["mse"] < before[t]["mse"] and 0 <= after[t]["src2trg"] <= 1
                for t in after)
     assert record["counts"]["best_val_score"] > record["counts"]["base_val_score"]
-    model = run_dir.path(student.STAGE, "model")
+    model = run_dir.path(distill_multilingual.STAGE, "model")
     assert "BioLORD-2023-M" in open(f"{model}/README.md").read()
-    assert (Path(run_dir.path(student.STAGE)) / "history.png").stat().st_size > 0
+    assert (Path(run_dir.path(distill_multilingual.STAGE)) / "history.png").stat().st_size > 0
 
     # The run's report has the student's section.
-    report.run(cfg, run_dir, only=[ingest.STAGE, parallel.STAGE, student.STAGE])
+    report.run(cfg, run_dir, only=[ingest.STAGE, parallel_data.STAGE, distill_multilingual.STAGE])
     readme = (Path(run_dir.path(report.STAGE)) / "README.md").read_text()
     for line in ("## Multilingual student (BioLORD-M)", "| teacher |", "| multilingual |",
                  "\n#### translation-es", "BioLORD-M (multilingual): `"):

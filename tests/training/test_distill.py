@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from biolord_ray.config import to_dict
-from biolord_ray.evaluation import kg_sets
-from biolord_ray.training import distill, loop, pairs, soup, targets
+from biolord_ray.evaluation import eval_sets
+from biolord_ray.training import distill, loop, pairs, soup, teacher_targets
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def distill_cfg(hpo_run):
     cfg, run_dir, _ = hpo_run
     cfg = copy.deepcopy(cfg)
-    kg_sets.run(cfg, run_dir)
+    eval_sets.run(cfg, run_dir)
     pairs.run(cfg, run_dir)
     # The base model as its own teacher: real targets without training a contrastive model.
     cfg.targets.teacher = "packaged:all-MiniLM-L6-v2"
@@ -44,9 +44,9 @@ def test_targets_grid_interrupted_and_resumed_then_soup(distill_cfg, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     cfg, run_dir = distill_cfg
-    record = targets.run(cfg, run_dir, force=True)
+    record = teacher_targets.run(cfg, run_dir, force=True)
     assert record["counts"]["train_texts"] > 0 and record["counts"]["validation_texts"] > 0
-    train = pq.read_table(run_dir.output(targets.STAGE, "train")).to_pandas()
+    train = pq.read_table(run_dir.output(teacher_targets.STAGE, "train")).to_pandas()
     vectors = np.stack(train["target"].map(np.asarray))
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # One target per concept, shared by all of its texts.

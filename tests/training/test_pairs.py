@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biolord_ray import keys
-from biolord_ray.evaluation import kg_sets
+from biolord_ray.evaluation import eval_sets
 from biolord_ray.kg.schema import CONCEPT_SCHEMA
 from biolord_ray.training import pairs
 
@@ -62,7 +62,7 @@ def test_cap_per_concept_is_a_seeded_choice():
 def test_stage_splits_by_concept_and_keeps_held_out_texts_out(hpo_run):
     cfg, run_dir, _ = hpo_run
     cfg = copy.deepcopy(cfg)  # the session's config, shared with other tests
-    kg_sets.run(cfg, run_dir)
+    eval_sets.run(cfg, run_dir)
     cfg.pairs.validation_fraction = 0.2
     record = pairs.run(cfg, run_dir)
     train = pq.read_table(run_dir.output(pairs.STAGE, "train")).to_pylist()
@@ -83,11 +83,11 @@ def test_stage_splits_by_concept_and_keeps_held_out_texts_out(hpo_run):
     assert any(" is a kind of " in r["positive"] for r in everything if r["kind"] ==
                "description")
 
-    names = pq.read_table(run_dir.output(kg_sets.STAGE, "names")).to_pylist()
+    names = pq.read_table(run_dir.output(eval_sets.STAGE, "names")).to_pylist()
     held_names = {(n["concept_id"], keys.normalise(n["text"])) for n in names
                   if n["held_out"]}
     held_definitions = {(d["concept_id"], d["text"]) for d in pq.read_table(
-        run_dir.output(kg_sets.STAGE, "definitions")).to_pylist()}
+        run_dir.output(eval_sets.STAGE, "definitions")).to_pylist()}
     assert held_names and held_definitions
     assert not {(r["concept_id"], keys.normalise(r["anchor"])) for r in everything} & \
         held_names

@@ -12,7 +12,7 @@ import torch
 from biolord_ray import report, stages
 from biolord_ray.config import ConfigError, TargetsConfig, load_config
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
-from biolord_ray.training import contrastive, soup, targets
+from biolord_ray.training import contrastive, soup, teacher_targets
 
 
 def _minilm_dir() -> str:
@@ -38,7 +38,7 @@ def test_targets_are_the_normalised_mean_of_names_and_definitions(ray_local):
         "source": ["HPO", "kg", "HPO", "kg", "HPO", "HPO"],
     })
     model_dir = _minilm_dir()
-    rows = targets.teacher_targets(ray.data.from_arrow(pairs), model_dir,
+    rows = teacher_targets.teacher_targets(ray.data.from_arrow(pairs), model_dir,
                                    TargetsConfig()).to_pandas()
 
     # Each distinct name and definition once; KG descriptions left out by default; a
@@ -69,8 +69,9 @@ def test_a_target_cap_keeps_the_pairs_of_the_lowest_drawn_concepts(ray_local, tm
                       "kind": ["definition"] * 60, "source": ["HPO"] * 60})
     pq.write_table(table, tmp_path / "pairs.parquet")
     tcfg = TargetsConfig(max_concepts=5, seed=3)
-    kept = targets._sampled_concepts(ray.data.from_arrow(table), str(tmp_path / "pairs.parquet"),
-                                     RunDir(str(tmp_path)).fs, tcfg).to_pandas()
+    kept = teacher_targets._sampled_concepts(ray.data.from_arrow(table),
+                                             str(tmp_path / "pairs.parquet"),
+                                             RunDir(str(tmp_path)).fs, tcfg).to_pandas()
     expected = sorted({*ids}, key=lambda c: draw(3, c))[:5]
     assert sorted(set(kept["concept_id"])) == sorted(expected)
     assert len(kept) == 15  # every pair of a kept concept
@@ -78,9 +79,9 @@ def test_a_target_cap_keeps_the_pairs_of_the_lowest_drawn_concepts(ray_local, tm
 
 def test_cpu_encoder_actors_must_leave_a_cpu_for_the_shuffle(ray_local):
     with pytest.raises(ValueError, match="targets.concurrency=2 CPU encoder actors"):
-        targets.check_room_for_shuffles(TargetsConfig(concurrency=2))
-    targets.check_room_for_shuffles(TargetsConfig(concurrency=1))
-    targets.check_room_for_shuffles(TargetsConfig(concurrency=4, num_gpus=1))
+        teacher_targets.check_room_for_shuffles(TargetsConfig(concurrency=2))
+    teacher_targets.check_room_for_shuffles(TargetsConfig(concurrency=1))
+    teacher_targets.check_room_for_shuffles(TargetsConfig(concurrency=4, num_gpus=1))
 
 
 def test_averaging_is_exact(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
-from biolord_ray.evaluation import kg_sets
+from biolord_ray.evaluation import eval_sets
 from biolord_ray.run_dir import RunDir
 from biolord_ray.training import contrastive, pairs
 
@@ -26,7 +26,7 @@ def train_cfg(hpo_run, tmp_path):
     cfg, run_dir, _ = hpo_run
     cfg = copy.deepcopy(cfg)
     cfg.pairs.validation_fraction = 0.2
-    kg_sets.run(cfg, run_dir)
+    eval_sets.run(cfg, run_dir)
     pairs.run(cfg, run_dir)
     # The run directory is shared by the session: drop the Ray Train storage of earlier tests,
     # so the checkpoints seen here (kept count, the killer's trigger) are this test's own.

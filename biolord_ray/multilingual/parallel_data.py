@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 STAGE = stages.PARALLEL_DATA
 SPLITS = ("train", "validation")
 REQUIRED_COLUMNS = ("source", "target", "language")
-# Texts per encoder call (see training/targets.py: large calls pad less).
+# Texts per encoder call (see training/teacher_targets.py: large calls pad less).
 ENCODER_CALL_ROWS = 2048
 
 PAIR_SCHEMA = pa.schema([
