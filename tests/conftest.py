@@ -25,6 +25,23 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 TEST_MODEL_CACHE = Path(tempfile.gettempdir()) / f"biolord_ray-test-models-{os.getuid()}"
 os.environ["BIOLORD_RAY_MODEL_CACHE"] = str(TEST_MODEL_CACHE)
 
+
+def _link_models_the_setup_prepared() -> None:
+    """The set-up command prepares the packaged models in the user's cache: the tests read
+    them through links instead of building them again (a minute on a fresh CI machine), and
+    never write there (an outdated one is rebuilt in place of its link, not through it)."""
+    from biolord_ray.models import DEFAULT_CACHE_DIR
+    from biolord_ray.models.packaged import MARKER_FILE
+
+    TEST_MODEL_CACHE.mkdir(exist_ok=True)
+    for marker in Path(DEFAULT_CACHE_DIR).expanduser().glob(f"*/{MARKER_FILE}"):
+        link = TEST_MODEL_CACHE / marker.parent.name
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(marker.parent, target_is_directory=True)
+
+
+_link_models_the_setup_prepared()
+
 # Configs that session fixtures share between tests: (fixture, config, a copy as made).
 _SHARED_CONFIGS: list[tuple[str, object, object]] = []
 
