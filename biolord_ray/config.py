@@ -335,7 +335,7 @@ class BenchmarkFile:
     path: str = input_path()
     # umnsrs-sim, umnsrs-rel, mayosrs, minimayosrs, ehr-rel, biosses, sts or stsb (the STS
     # Benchmark's own TSV: general-language, reported as "general STS" and left out of the
-    # score models are selected by; the list lives in biolord_ray/evaluation/benchmark_files.py, PRESETS).
+    # score models are selected by; the list: PRESETS in biolord_ray/evaluation/benchmark_files.py).
     preset: str = "sts"
     # Column names, for the sts preset (any CSV/TSV/JSON/JSONL with two texts and a score).
     text1: str | None = None
