@@ -61,9 +61,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere (the GPU machine has no install)
 
-# Texts per platform encoder call: about CONCEPTS_PER_CALL (512) concepts of ~4 texts each, as
-# teacher_targets calls its encoder actors.
-ENCODER_CALL_TEXTS = 2048
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".h5", ".msgpack", ".ot")
 SKIPPED_DIRS = ("onnx", "openvino")
 # DeepSpeed and the pure-Python packages it imports that the GPU machine's image lacks.
@@ -296,7 +293,7 @@ def compare_encoders(tcfg, pairs: list[dict], device: str, peak_flops: float,
                      n_texts: int) -> dict:
     import numpy as np
 
-    from biolord_ray.models.encode import EncoderActor, encode
+    from biolord_ray.models.encode import ENCODER_CALL_TEXTS, EncoderActor, encode
 
     texts = [t for p in pairs for t in (p["anchor"], p["positive"])]
     texts = [texts[i % len(texts)] for i in range(n_texts)]

@@ -43,12 +43,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
-def stage_parser(doc: str) -> argparse.ArgumentParser:
-    """A parser with the config options whose ``--help`` is ``doc``: the first line as the
-    description, the rest (usage examples, what it writes) after the options, as written."""
-    return add_config_arguments(argparse.ArgumentParser(**_help(doc)))
-
-
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The validated config, or exit with the config error (before any Ray work)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -297,7 +291,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
     cfg = config_from_args(args)
     cfg.eval.benchmarks += file_benchmarks(args.benchmark)
-    suites = args.suite or cfg.eval.suites
+    suites = list(args.suite or cfg.eval.suites)
     if args.benchmark and "files" not in suites:
         suites.append("files")
     run_dir = RunDir(cfg.run_dir)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from biolord_ray import stages
 from biolord_ray.config import load_config
 
@@ -99,13 +101,11 @@ def test_a_stage_asking_for_more_than_the_cluster_has_stops_at_its_start(ray_loc
     cfg = load_config("paper", ["ray.address=null", f"kg.path={tmp_path}",
                                 f"run_dir={tmp_path / 'run'}"])
     run_dir = RunDir(cfg.run_dir)
-    try:
+    with pytest.raises(ResourceError) as err:
         stages.run(stages.GENERATE_DEFINITIONS, cfg, run_dir)
-        raise AssertionError("generate_definitions started without its GPUs")
-    except ResourceError as err:
-        assert "4 GPU (definitions.concurrency x definitions.gpus_per_engine) but the " \
-               "cluster has 0" in str(err)
-        assert "ray.autoscaling=true" in str(err)
+    assert "4 GPU (definitions.concurrency x definitions.gpus_per_engine) but the " \
+           "cluster has 0" in str(err.value)
+    assert "ray.autoscaling=true" in str(err.value)
     assert not (tmp_path / "run" / "manifest.json").exists()  # nothing started
 
     demands = stages.STAGES[stages.DISTILL].demands(cfg)

@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 # Where an exported model lives inside a platform checkpoint or stage output directory.
 EXPORT_SUBDIR = "model"
+# Texts per call of an encoder actor: the encoder sorts a call's texts by length before
+# batching, so large calls pad far less.
+ENCODER_CALL_TEXTS = 2048
 
 
 def sentence_model_dir(spec: str, cache_dir: str | None = None,
@@ -106,9 +109,7 @@ def encoder_pool(ds, model_dir: str, *, batch_size: int, concurrency: int, num_g
     stages (teacher targets, parallel data, evaluation) build encoder pools."""
     import ray.data
 
-    kwargs = {"model_dir": model_dir, "batch_size": batch_size}
-    if bf16_autocast:
-        kwargs["bf16_autocast"] = True
+    kwargs = {"model_dir": model_dir, "batch_size": batch_size, "bf16_autocast": bf16_autocast}
     return ds.map_batches(actor or EncoderActor, fn_constructor_kwargs=kwargs,
                           batch_size=rows_per_call,
                           compute=ray.data.ActorPoolStrategy(size=concurrency),

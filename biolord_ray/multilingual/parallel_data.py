@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 STAGE = stages.PARALLEL_DATA
 SPLITS = ("train", "validation")
 REQUIRED_COLUMNS = ("source", "target", "language")
-# Texts per encoder call (see training/teacher_targets.py: large calls pad less).
-ENCODER_CALL_ROWS = 2048
 
 PAIR_SCHEMA = pa.schema([
     ("concept_id", pa.string()),   # null when a parallel file has none
@@ -85,7 +83,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import ray.data
     from ray.data.expressions import col
 
-    from biolord_ray.models.encode import encoder_pool
+    from biolord_ray.models.encode import ENCODER_CALL_TEXTS, encoder_pool
 
     mcfg, fs = cfg.multilingual, run_dir.fs
     sources = []
@@ -116,7 +114,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     # The teacher's encoders: the teacher_targets stage's settings (targets.*).
     rows = encoder_pool(rows, model_dir, batch_size=cfg.targets.batch_size,
                         concurrency=cfg.targets.concurrency, num_gpus=cfg.targets.num_gpus,
-                        rows_per_call=ENCODER_CALL_ROWS) \
+                        rows_per_call=ENCODER_CALL_TEXTS) \
         .map_batches(student_rows, batch_format="numpy").materialize()
     if rows.count() == 0:
         raise ValueError(f"multilingual: no pairs in {mcfg.languages} from "

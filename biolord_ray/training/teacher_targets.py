@@ -181,10 +181,10 @@ class TargetEncoder:
     """A Ray Data actor holding the teacher: concepts (rows of ``concept_texts``) in, one row
     per text with its concept's target out."""
 
-    def __init__(self, model_dir: str, batch_size: int):
+    def __init__(self, model_dir: str, batch_size: int, bf16_autocast: bool = False):
         from biolord_ray.models.encode import EncoderActor
 
-        self.encoder = EncoderActor(model_dir, batch_size)
+        self.encoder = EncoderActor(model_dir, batch_size, bf16_autocast)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch["texts"].combine_chunks()
