@@ -56,18 +56,22 @@ OVERRIDES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: all bound at once, as ports asked for one at a time
+    can repeat (a node whose agent then finds its metrics port taken fails to start)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
-def _node_ports() -> list[str]:
-    """Ports of their own for each node: two nodes on one machine (and the test session's
-    local Ray) must not share agent or metrics ports."""
-    return [f"--{name}={_free_port()}" for name in (
-        "node-manager-port", "object-manager-port", "metrics-export-port",
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")]
+NODE_PORT_FLAGS = ("node-manager-port", "object-manager-port", "metrics-export-port",
+                   "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                   "runtime-env-agent-port")
 
 
 def _ray(args: list[str], env: dict, timeout: float = 120, check: bool = True):
@@ -111,15 +115,20 @@ def two_node_cluster(run_dir: Path):
     temp_dirs = [tempfile.mkdtemp(prefix="rayE2E", dir="/tmp") for _ in range(2)]  # short
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_ADDRESS": "", **small_node_env()}
-    gcs, dashboard = _free_port(), _free_port()
+    # Ports of their own for each node: two nodes on one machine (and the test session's
+    # local Ray) must not share agent or metrics ports.
+    gcs, dashboard, client, *ports = _free_ports(3 + 2 * len(NODE_PORT_FLAGS))
+    head_ports = [f"--{flag}={port}" for flag, port in zip(NODE_PORT_FLAGS, ports)]
+    worker_ports = [f"--{flag}={port}" for flag, port in zip(NODE_PORT_FLAGS,
+                                                              ports[len(NODE_PORT_FLAGS):])]
     try:
         _ray(["start", "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=true",
               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-              f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dirs[0]}",
-              "--node-ip-address=127.0.0.1", "--disable-usage-stats", *_node_ports()], env)
+              f"--ray-client-server-port={client}", f"--temp-dir={temp_dirs[0]}",
+              "--node-ip-address=127.0.0.1", "--disable-usage-stats", *head_ports], env)
         _ray(["start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2",
               "--resources={\"second_node\": 1}", "--node-ip-address=127.0.0.1",
-              f"--temp-dir={temp_dirs[1]}", *_node_ports()], env)
+              f"--temp-dir={temp_dirs[1]}", *worker_ports], env)
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
         _stop_cluster(temp_dirs, run_dir)
