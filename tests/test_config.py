@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 
@@ -238,3 +239,42 @@ def test_config_survives_a_yaml_round_trip_with_the_same_hash(tmp_path):
     for section in dataclasses.fields(cfg):
         assert config_hash(getattr(again, section.name)) == config_hash(
             getattr(cfg, section.name)), section.name
+
+
+# ---------------------------------------------------------------------------------------
+# Each section's own checks, and the cross-section one
+
+
+@pytest.mark.parametrize("override, key, message", [
+    ("kg.max_concepts=0", "kg.max_concepts", "must be positive, or null to keep every concept"),
+    ("definitions.max_concepts=0", "definitions.max_concepts", "must be a positive integer"),
+    ("contrastive.num_workers=0", "contrastive.num_workers", "must be at least 1"),
+    ("distill.batch_size=0", "distill.batch_size", "must be at least 1"),
+    ("multilingual.train.keep_checkpoints=0", "multilingual.train.keep_checkpoints",
+     "must be at least 1"),
+    ("distill.warmup_ratio=1", "distill.warmup_ratio", r"must be in \[0, 1\)"),
+    ("contrastive.validation_suites=[dev, kgg]", "contrastive.validation_suites",
+     "unknown suite\\(s\\) kgg; known: dev, kg, files, translation"),
+    ("targets.max_concepts=0", "targets.max_concepts",
+     "must be positive, or null to distill every concept"),
+    ("tune.lrs=[]", "tune.lrs", "must be a non-empty list"),
+    ("tune.grid={warmup_ratio: []}", "tune.grid.warmup_ratio", "must be a non-empty list"),
+    ("tune.soup_top_k=0", "tune.soup_top_k", "must be at least 1"),
+    ("eval.holdout_fraction=0", "eval.holdout_fraction", "must be between 0 and 1"),
+    ("multilingual.validation_fraction=1", "multilingual.validation_fraction",
+     "must be between 0 and 1 \\(exclusive\\)"),
+])
+def test_each_sections_check_names_the_key_and_its_origin(override, key, message):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} \(from --set "
+                                          rf"{re.escape(override)}\): {message}"):
+        load_config(None, [override])
+
+
+def test_grid_axes_are_checked_against_the_distill_section(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("tune:\n  grid:\n    temperature: [0.05]\n")
+    with pytest.raises(ConfigError, match=rf"^tune.grid.temperature \(from {path}\): not a "
+                                          "distill setting; known: base_model, batch_size"):
+        load_config(str(path))
+    assert load_config(None, ["tune.grid={max_seq_length: [32, 64]}"]).tune.grid == \
+        {"max_seq_length": [32, 64]}
