@@ -33,8 +33,13 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False,
     ``only`` these (a run directory that holds part of the pipeline)."""
     inputs = stages.input_identities(STAGE, cfg, run_dir) if only is None else \
         {name: run_dir.stage_identity(name) for name in only}
-    return run_stage(run_dir, STAGE, {"eval": cfg.eval, "tune.soup": cfg.tune.soup}, inputs,
+    return run_stage(run_dir, STAGE, stage_settings(cfg), inputs,
                      lambda staging: _build(cfg, run_dir, staging, list(inputs)), force=force)
+
+
+def stage_settings(cfg: PipelineConfig) -> dict:
+    """What the stage's identity hashes."""
+    return {"eval": cfg.eval, "tune.soup": cfg.tune.soup}
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str,

@@ -278,3 +278,62 @@ def test_grid_axes_are_checked_against_the_distill_section(tmp_path):
         load_config(str(path))
     assert load_config(None, ["tune.grid={max_seq_length: [32, 64]}"]).tune.grid == \
         {"max_seq_length": [32, 64]}
+
+
+# The stage identities (run_stage's config hash of each stage's settings, and the names of the
+# Ray Train and Ray Tune runs, here for inputs {}) computed with the code before the config
+# got its per-stage sections (soup; scale and symmetric in contrastive only). These are the
+# pre-change hashes: a run made before must still match them, or it reruns these stages
+# instead of resuming. Unchanged config, unchanged identity.
+PRE_CHANGE_IDENTITIES = {
+    "default": {
+        "train_contrastive": "1c8c9eed9837e92f", "distill": "0f8bc46d512e05b4",
+        "soup": "4799526d4199ae2c", "distill_multilingual": "dc7fe506a228a65a",
+        "report": "d82f3e21b16a7d7a",
+        "run_name:train_contrastive": "ray-train-dc9c15e72a6b",
+        "run_name:distill": "tune-e23eb7977701",
+        "run_name:distill_multilingual": "ray-train-dccb8ab2d46d"},
+    "medium": {
+        "train_contrastive": "11657121a38461ea", "distill": "614f0341feb8c399",
+        "soup": "c81db2f5aa070b48", "distill_multilingual": "0bcc38f1ea3e3660",
+        "report": "5788106651195705",
+        "run_name:train_contrastive": "ray-train-8c58022a7a20",
+        "run_name:distill": "tune-41483beb881f",
+        "run_name:distill_multilingual": "ray-train-44787cb929d6"},
+    # Before: contrastive.scale=10, contrastive.symmetric=false, tune.soup=uniform,
+    # tune.soup_top_k=2, distill.lr=3e-5, multilingual.train.epochs=2.
+    "changed": {
+        "train_contrastive": "70265968244aa6d9", "distill": "a22d364d77ca822f",
+        "soup": "b1a8f2db77028782", "distill_multilingual": "5b1fc7ba93a802bb",
+        "report": "039641c0057277d3",
+        "run_name:train_contrastive": "ray-train-56f42c983d7e",
+        "run_name:distill": "tune-779a54d1595f",
+        "run_name:distill_multilingual": "ray-train-7100f5f94e8e"},
+}
+CHANGED = ["contrastive.scale=10", "contrastive.symmetric=false", "distill.lr=3e-5",
+           "multilingual.train.epochs=2"]
+
+
+@pytest.mark.parametrize("label, source, overrides", [
+    ("default", None, []),
+    ("medium", "medium", []),
+    ("changed", None, [*CHANGED, "tune.soup=uniform", "tune.soup_top_k=2"]),
+])
+def test_stage_identities_are_those_of_runs_made_before(label, source, overrides):
+    from biolord_ray import report
+    from biolord_ray.multilingual import distill_multilingual
+    from biolord_ray.training import contrastive, distill, fitting, soup
+
+    cfg = load_config(source, overrides)
+    settings = {"train_contrastive": contrastive.stage_settings(cfg),
+                "distill": distill.stage_settings(cfg), "soup": soup.stage_settings(cfg),
+                "distill_multilingual": distill_multilingual.stage_settings(cfg),
+                "report": report.stage_settings(cfg)}
+    found = {stage: config_hash(s) for stage, s in settings.items()}
+    found["run_name:train_contrastive"] = fitting.run_name(settings["train_contrastive"], {})
+    # distill.run names its Tune experiment this way.
+    found["run_name:distill"] = \
+        f"tune-{config_hash({'settings': settings['distill'], 'inputs': {}})[:12]}"
+    found["run_name:distill_multilingual"] = \
+        fitting.run_name(settings["distill_multilingual"], {})
+    assert found == PRE_CHANGE_IDENTITIES[label]

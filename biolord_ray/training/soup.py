@@ -189,10 +189,14 @@ def greedy_soup(ingredients: list[str], score: Callable[[list[str]], float]) -> 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     inputs = stages.input_identities(STAGE, cfg, run_dir)
-    settings = {"soup_top_k": cfg.tune.soup_top_k, "soup": cfg.tune.soup,
-                "validation_suites": cfg.distill.validation_suites, "eval": cfg.eval}
-    return run_stage(run_dir, STAGE, settings, inputs,
+    return run_stage(run_dir, STAGE, stage_settings(cfg), inputs,
                      lambda staging: _build(cfg, run_dir, staging), force=force)
+
+
+def stage_settings(cfg: PipelineConfig) -> dict:
+    """What the stage's identity hashes."""
+    return {"soup_top_k": cfg.tune.soup_top_k, "soup": cfg.tune.soup,
+            "validation_suites": cfg.distill.validation_suites, "eval": cfg.eval}
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
