@@ -8,7 +8,7 @@ input file raises :class:`ConfigError` naming the key and where the value came f
 
 Layout: one dataclass per section, each followed by its own ``check`` (the loader calls every
 section's, so a new stage's section brings its checks along); the checks that need two
-sections, then the loader.
+sections, the old key names still read, then the loader.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import logging
 import os
 import re
 import types
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 EVAL_SUITES = ("dev", "kg", "files", "translation")
@@ -304,7 +307,8 @@ class PairsConfig:
 
 @dataclass
 class TrainConfig:
-    """Shared by the contrastive and distillation phases (each has its own section)."""
+    """A Ray Train run's section: ``distill`` and ``multilingual.train``; ``contrastive``
+    adds its loss's keys (``ContrastiveConfig``)."""
 
     base_model: str = field(default="packaged:all-MiniLM-L6-v2", metadata=MODEL_SPEC)
     # Ray Train workers (one process each; one GPU each when use_gpu).
@@ -340,9 +344,6 @@ class TrainConfig:
     grad_accumulation: int = 1
     grad_clip: float = 1.0
     deepspeed: dict[str, Any] = field(default_factory=dict)
-    # Contrastive loss: scale = 1 / temperature; symmetric adds definition -> name.
-    scale: float = 20.0
-    symmetric: bool = True
     # Validate (eval fast subset + validation loss) and checkpoint every N optimiser steps and
     # at the end of each epoch (0: only at the ends of the epochs and of the run); keep the
     # best ``keep_checkpoints`` by the validation score.
@@ -388,6 +389,15 @@ class TrainConfig:
 
 
 @dataclass
+class ContrastiveConfig(TrainConfig):
+    """The contrastive phase's Ray Train run, and its loss's keys (no other phase has them)."""
+
+    # Contrastive loss: scale = 1 / temperature; symmetric adds definition -> name.
+    scale: float = 20.0
+    symmetric: bool = True
+
+
+@dataclass
 class TargetsConfig:
     """Teacher targets for self-distillation: per concept, the normalised mean of the teacher's
     embeddings of its names and definitions."""
@@ -418,7 +428,7 @@ class TargetsConfig:
 
 @dataclass
 class TuneConfig:
-    """The Ray Tune grid of distillation runs (each trial a Ray Train run) and the soup."""
+    """The Ray Tune grid of distillation runs (each trial a Ray Train run)."""
 
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     lrs: list[float] = field(default_factory=lambda: [1e-4])
@@ -432,10 +442,6 @@ class TuneConfig:
     cpus_per_trial: float = 0.1
     # A trial whose Ray Train run fails for good is started again this many times.
     max_failures: int = 1
-    # Uniform soup: the best ``soup_top_k`` trials. Greedy soup: trials in order of validation
-    # score, each kept only if the soup's score improves. ``soup`` is exported as the model.
-    soup_top_k: int = 4
-    soup: Literal["greedy", "uniform"] = "greedy"
 
     def check(self, key: str, origins: dict[str, str]) -> None:
         # That the grid's axes are distill keys is checked with the distill section
@@ -444,8 +450,21 @@ class TuneConfig:
                              *((f"grid.{axis}", v) for axis, v in self.grid.items())]:
             if not isinstance(values, list) or not values:
                 raise _error(f"{key}.{name}", origins, "must be a non-empty list")
-        if self.soup_top_k < 1:
-            raise _error(f"{key}.soup_top_k", origins, "must be at least 1")
+
+
+@dataclass
+class SoupConfig:
+    """The model soups of the distillation trials (stage ``soup``); both are built and
+    evaluated, ``method`` picks the one exported as the model."""
+
+    # greedy: trials in order of validation score, each kept only if the soup's score
+    # improves; uniform: the best ``top_k`` trials.
+    method: Literal["greedy", "uniform"] = "greedy"
+    top_k: int = 4
+
+    def check(self, key: str, origins: dict[str, str]) -> None:
+        if self.top_k < 1:
+            raise _error(f"{key}.top_k", origins, "must be at least 1")
 
 
 @dataclass
@@ -562,12 +581,13 @@ class PipelineConfig:
     kg: KGConfig = field(default_factory=KGConfig)
     definitions: DefinitionsConfig = field(default_factory=DefinitionsConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
-    contrastive: TrainConfig = field(default_factory=TrainConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     # Its workers leave room for the Tune trial's driver (tune.cpus_per_trial).
     distill: TrainConfig = field(default_factory=lambda: TrainConfig(
         cpus_per_worker=0.45, lr=1e-4, max_steps=30, checkpoint_every=30))
     tune: TuneConfig = field(default_factory=TuneConfig)
+    soup: SoupConfig = field(default_factory=SoupConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     multilingual: MultilingualConfig = field(default_factory=MultilingualConfig)
 
@@ -582,6 +602,16 @@ def _check_across_sections(cfg: PipelineConfig, origins: dict[str, str]) -> None
                          f"{', '.join(sorted(distill_keys))}")
 
 
+# Old key names, still read from files and --set, each with a warning (load_config).
+# Keys that moved: their value is applied at the new key; setting both is an error.
+MOVED_KEYS = {"tune.soup": "soup.method", "tune.soup_top_k": "soup.top_k"}
+# Keys that went from sections that never used them: read and ignored. Every training
+# section used to have the contrastive loss's keys; only the contrastive phase reads them.
+IGNORED_KEYS = {f"{section}.{name}": f"contrastive.{name}"
+                for section in ("distill", "multilingual.train")
+                for name in ("scale", "symmetric")}
+
+
 # ---------------------------------------------------------------------------------------
 # Loading
 
@@ -593,12 +623,9 @@ def load_config(
     origins: dict[str, str] = {}
     if source is not None:
         data, origins = _read_yaml_chain(source)
+    given: dict[str, tuple[str, str]] = {}  # key --set -> (the name it was set by, origin)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set contrastive.lr=3e-5")
-        _assign(data, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
-        origins[key.strip()] = f"--set {item}"
+        _apply_override(data, origins, given, item)
     cfg = _build(PipelineConfig, data, prefix="", origins=origins)
     _check_paths(cfg, origins)
     _check_sections(cfg, origins)
@@ -643,6 +670,7 @@ def _read_yaml_chain(source: str) -> tuple[dict[str, Any], dict[str, str]]:
     parent = data.pop("extends", None)
     if parent is not None:
         base, origins = _read_yaml_chain(str(parent))
+    _move_old_keys(data, str(path))  # before merging: this file's keys win over its parent's
     for key in _leaf_keys(data):
         origins[key] = str(path)
     return _merge(base, data), origins
@@ -666,12 +694,81 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _assign(data: dict[str, Any], keys: list[str], value: Any) -> None:
+def _assign(data: dict[str, Any], keys: list[str], value: Any, where: str | None = None) -> None:
     for key in keys[:-1]:
         data = data.setdefault(key, {})
         if not isinstance(data, dict):
-            raise ConfigError(f"--set {'.'.join(keys)}: {key!r} is not a section")
+            raise ConfigError(f"{where or '--set ' + '.'.join(keys)}: {key!r} is not a section")
     data[keys[-1]] = value
+
+
+def _apply_override(data: dict[str, Any], origins: dict[str, str],
+                    given: dict[str, tuple[str, str]], item: str) -> None:
+    """``--set KEY=VALUE`` into ``data`` (its value replaces the key's). An old key in it
+    (``tune.soup=...``, or ``tune={soup: ...}``) moves as it does in a file; ``given``
+    refuses an old key and its new one both set on the command line."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set contrastive.lr=3e-5")
+    key, origin = key.strip(), f"--set {item}"
+    layer: dict[str, Any] = {}  # the override as a config of its own, for _move_old_keys
+    _assign(layer, key.split("."), yaml.safe_load(raw) if raw.strip() else None)
+    moved = _move_old_keys(layer, origin)  # new key -> old key
+    for target in (key, *moved):
+        holder, last = _lookup(layer, target)
+        if holder is None:
+            continue  # ``key`` was an old key: moved or ignored
+        value = holder[last]
+        leaves = (_leaf_keys(value, target + ".") if isinstance(value, dict) and value
+                  else [target])
+        for leaf in leaves:
+            name = moved.get(target, leaf)
+            first, first_origin = given.setdefault(leaf, (name, origin))
+            if first != name:  # set by its old name and by its new one
+                if name in MOVED_KEYS:
+                    raise _both_set(name, origin, first, first_origin)
+                raise _both_set(first, first_origin, name, origin)
+        _assign(data, target.split("."), value)
+        origins[target] = origin
+
+
+def _move_old_keys(layer: dict[str, Any], origin: str) -> dict[str, str]:
+    """One file's or one --set's keys with the old names (MOVED_KEYS, IGNORED_KEYS) moved to
+    their new place or dropped, each with a warning. Returns {new key: old key} of the moved.
+    An old key and its new one in the same file is an error: which one was meant?"""
+    moved = {}
+    for old, new in MOVED_KEYS.items():
+        holder, last = _lookup(layer, old)
+        if holder is None:
+            continue
+        if _lookup(layer, new)[0] is not None:
+            raise _both_set(old, origin, new, origin)
+        log.warning("config key %s (from %s) is deprecated: it is now %s, where its value is "
+                    "applied", old, origin, new)
+        _assign(layer, new.split("."), holder.pop(last), where=f"{new} (from {origin})")
+        moved[new] = old
+    for old, home in IGNORED_KEYS.items():
+        holder, last = _lookup(layer, old)
+        if holder is not None:
+            del holder[last]
+            log.warning("config key %s (from %s) is deprecated and ignored: only the "
+                        "contrastive loss reads it, as %s; remove it from %s", old, origin,
+                        home, old.rsplit(".", 1)[0])
+    return moved
+
+
+def _lookup(data: Any, key: str) -> tuple[dict[str, Any] | None, str]:
+    """The mapping in ``data`` that holds the dotted ``key`` (None: not there) and the key's
+    last part."""
+    *sections, last = key.split(".")
+    for section in sections:
+        data = data.get(section) if isinstance(data, dict) else None
+    return (data if isinstance(data, dict) and last in data else None), last
+
+
+def _both_set(old: str, old_origin: str, new: str, new_origin: str) -> ConfigError:
+    return ConfigError(f"{old} (from {old_origin}) and {new} (from {new_origin}) are one "
+                       f"setting ({old} is its old name); keep only {new}")
 
 
 def _build(cls: type, data: Any, prefix: str, origins: dict[str, str],

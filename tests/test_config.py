@@ -1,4 +1,5 @@
 import dataclasses
+import logging
 import re
 
 import pytest
@@ -242,7 +243,7 @@ def test_config_survives_a_yaml_round_trip_with_the_same_hash(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
-# Each section's own checks, and the cross-section one
+# Each section's own checks, the cross-section one, and the old key names
 
 
 @pytest.mark.parametrize("override, key, message", [
@@ -259,7 +260,7 @@ def test_config_survives_a_yaml_round_trip_with_the_same_hash(tmp_path):
      "must be positive, or null to distill every concept"),
     ("tune.lrs=[]", "tune.lrs", "must be a non-empty list"),
     ("tune.grid={warmup_ratio: []}", "tune.grid.warmup_ratio", "must be a non-empty list"),
-    ("tune.soup_top_k=0", "tune.soup_top_k", "must be at least 1"),
+    ("soup.top_k=0", "soup.top_k", "must be at least 1"),
     ("eval.holdout_fraction=0", "eval.holdout_fraction", "must be between 0 and 1"),
     ("multilingual.validation_fraction=1", "multilingual.validation_fraction",
      "must be between 0 and 1 \\(exclusive\\)"),
@@ -272,12 +273,89 @@ def test_each_sections_check_names_the_key_and_its_origin(override, key, message
 
 def test_grid_axes_are_checked_against_the_distill_section(tmp_path):
     path = tmp_path / "grid.yaml"
-    path.write_text("tune:\n  grid:\n    temperature: [0.05]\n")
-    with pytest.raises(ConfigError, match=rf"^tune.grid.temperature \(from {path}\): not a "
-                                          "distill setting; known: base_model, batch_size"):
+    path.write_text("tune:\n  grid:\n    scale: [10.0, 20.0]\n")
+    # scale is the contrastive loss's: distillation trials have no such setting.
+    with pytest.raises(ConfigError, match=rf"^tune.grid.scale \(from {path}\): not a distill "
+                                          "setting; known: base_model, batch_size"):
         load_config(str(path))
     assert load_config(None, ["tune.grid={max_seq_length: [32, 64]}"]).tune.grid == \
         {"max_seq_length": [32, 64]}
+
+
+def test_contrastive_loss_keys_are_the_contrastive_sections_only():
+    cfg = load_config(None, ["contrastive.scale=10", "contrastive.symmetric=false"])
+    assert (cfg.contrastive.scale, cfg.contrastive.symmetric) == (10.0, False)
+    assert not hasattr(cfg.distill, "scale") and not hasattr(cfg.multilingual.train, "scale")
+    with pytest.raises(ConfigError, match=r"did you mean 'contrastive\.symmetric'"):
+        load_config(None, ["contrastive.symetric=false"])
+
+
+def test_old_soup_keys_load_into_the_soup_section_with_a_warning(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="biolord_ray.config")
+    cfg = load_config(None, ["tune.soup=uniform", "tune.soup_top_k=2"])
+    assert (cfg.soup.method, cfg.soup.top_k) == ("uniform", 2)
+    assert "tune.soup (from --set tune.soup=uniform) is deprecated: it is now soup.method" \
+        in caplog.text
+    assert "tune.soup_top_k (from --set tune.soup_top_k=2) is deprecated: it is now " \
+           "soup.top_k" in caplog.text
+    # In a section given whole, and in a file that extends a preset setting the new keys:
+    # the file's old key wins over the preset's new one, as any key of a file would.
+    assert load_config(None, ["tune={soup: uniform}"]).soup.method == "uniform"
+    path = tmp_path / "old.yaml"
+    path.write_text("extends: tiny\ntune:\n  seeds: [3]\n  soup: uniform\n")
+    caplog.clear()
+    cfg = load_config(str(path))
+    assert (cfg.soup.method, cfg.tune.seeds) == ("uniform", [3])
+    assert f"tune.soup (from {path}) is deprecated" in caplog.text
+    # --set over a file is one layer over another: the command line wins, either name.
+    assert load_config(str(path), ["soup.method=greedy"]).soup.method == "greedy"
+    assert load_config("tiny", ["tune.soup=uniform"]).soup.method == "uniform"
+    # A bad value names the new key and where the old one was set.
+    with pytest.raises(ConfigError, match=r"soup.method \(from --set tune.soup=best\): 'best' "
+                                          "is not one of 'greedy', 'uniform'"):
+        load_config(None, ["tune.soup=best"])
+
+
+def test_an_old_key_and_its_new_one_together_are_refused(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text("tune:\n  soup_top_k: 2\nsoup:\n  top_k: 3\n")
+    with pytest.raises(ConfigError, match=rf"tune.soup_top_k \(from {path}\) and soup.top_k "
+                       rf"\(from {path}\) are one setting \(tune.soup_top_k is its old name\); "
+                       "keep only soup.top_k"):
+        load_config(str(path))
+    for overrides in (["soup.method=greedy", "tune.soup=uniform"],
+                      ["tune.soup=uniform", "soup={method: greedy}"]):
+        with pytest.raises(ConfigError, match=r"tune.soup \(from --set tune.soup=uniform\) and "
+                                              r"soup.method \(from --set soup.*keep only "
+                                              "soup.method"):
+            load_config(None, overrides)
+
+
+def test_the_contrastive_loss_keys_elsewhere_load_ignored_with_a_warning(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="biolord_ray.config")
+    path = tmp_path / "old.yaml"
+    path.write_text("distill:\n  scale: 10.0\n  lr: 3.0e-5\nmultilingual:\n  train:\n"
+                    "    symmetric: false\n")
+    cfg = load_config(str(path), ["distill.symmetric=false"])
+    assert cfg.distill == dataclasses.replace(PipelineConfig().distill, lr=3e-5)
+    assert cfg.multilingual.train == PipelineConfig().multilingual.train
+    assert cfg.contrastive == PipelineConfig().contrastive
+    for key, origin, home in [("distill.scale", path, "contrastive.scale"),
+                              ("multilingual.train.symmetric", path, "contrastive.symmetric"),
+                              ("distill.symmetric", "--set distill.symmetric=false",
+                               "contrastive.symmetric")]:
+        assert f"config key {key} (from {origin}) is deprecated and ignored: only the " \
+               f"contrastive loss reads it, as {home}" in caplog.text
+
+
+def test_unknown_keys_of_the_new_sections_are_refused_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown key 'soup\.topk' \(from --set "
+                                          r"soup\.topk=3\); did you mean 'soup\.top_k'\?"):
+        load_config(None, ["soup.topk=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'tune\.soup_size'"):
+        load_config(None, ["tune.soup_size=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'distill\.temperature'"):
+        load_config(None, ["distill.temperature=0.05"])
 
 
 # The stage identities (run_stage's config hash of each stage's settings, and the names of the
@@ -317,7 +395,10 @@ CHANGED = ["contrastive.scale=10", "contrastive.symmetric=false", "distill.lr=3e
 @pytest.mark.parametrize("label, source, overrides", [
     ("default", None, []),
     ("medium", "medium", []),
-    ("changed", None, [*CHANGED, "tune.soup=uniform", "tune.soup_top_k=2"]),
+    ("changed", None, [*CHANGED, "soup.method=uniform", "soup.top_k=2"]),
+    ("changed", None, [*CHANGED, "tune.soup=uniform", "tune.soup_top_k=2"]),  # the old keys
+    # The contrastive loss's keys, ignored in distillation, never changed its identity here.
+    ("default", None, ["distill.scale=20.0", "multilingual.train.symmetric=true"]),
 ])
 def test_stage_identities_are_those_of_runs_made_before(label, source, overrides):
     from biolord_ray import report

@@ -38,8 +38,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
 
 
 def stage_settings(cfg: PipelineConfig) -> dict:
-    """What the stage's identity hashes."""
-    return {"train": cfg.multilingual.train, "eval": cfg.eval}
+    """What the stage's identity hashes (fitting.section_identity: as runs made before did)."""
+    return {"train": fitting.section_identity(cfg.multilingual.train), "eval": cfg.eval}
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,

@@ -34,8 +34,8 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
 
 
 def stage_settings(cfg: PipelineConfig) -> dict:
-    """What the stage's identity hashes."""
-    return {"contrastive": cfg.contrastive, "eval": cfg.eval}
+    """What the stage's identity hashes (fitting.section_identity: as runs made before did)."""
+    return {"contrastive": fitting.section_identity(cfg.contrastive), "eval": cfg.eval}
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,

@@ -46,10 +46,10 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
 
 
 def stage_settings(cfg: PipelineConfig) -> dict:
-    """What the stage's identity hashes."""
-    tune = {k: v for k, v in dataclasses.asdict(cfg.tune).items()
-            if k not in ("soup_top_k", "soup")}  # the soup stage's settings
-    return {"distill": cfg.distill, "tune": tune, "eval": cfg.eval}
+    """What the stage's identity hashes (fitting.section_identity: as runs made before did;
+    ``tune`` as a mapping, which it was without the soup's keys before they left it)."""
+    return {"distill": fitting.section_identity(cfg.distill),
+            "tune": dataclasses.asdict(cfg.tune), "eval": cfg.eval}
 
 
 def grid_points(cfg: PipelineConfig) -> dict[str, list]:
