@@ -187,7 +187,7 @@ last checkpoint.
 DISTILL_DOC = r"""Stages teacher_targets, distill, soup: distillation on Ray Tune, then the soup.
 
     biolord-ray distill                               # embedded default: 2 trials, CPU
-    biolord-ray distill --set tune.seeds=[0,1,2] --set tune.soup=uniform
+    biolord-ray distill --set tune.seeds=[0,1,2] --set soup.method=uniform
     ray job submit --working-dir . -- python jobs/distill_tune_soup.py --config paper \
         --set kg.path=/data/umls/META
 

@@ -5,6 +5,10 @@ ontology slice, small packaged models). A YAML file (a preset name such as ``pap
 path) overrides them, and ``--set section.key=value`` overrides the file. Everything is
 validated on load, before any Ray work starts: an unknown key, a wrong type or a missing
 input file raises :class:`ConfigError` naming the key and where the value came from.
+
+Layout: one dataclass per section, each followed by its own ``check`` (the loader calls every
+section's, so a new stage's section brings its checks along); the checks that need two
+sections, the old key names still read, then the loader.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import logging
 import os
 import re
 import types
@@ -23,6 +28,8 @@ from typing import Any, Literal
 
 import yaml
 
+log = logging.getLogger(__name__)
+
 PRESETS_DIR = Path(__file__).parent / "configs"
 EVAL_SUITES = ("dev", "kg", "files", "translation")
 # Parallel text for the embedded default (biolord_ray/multilingual/data/README.md).
@@ -31,6 +38,26 @@ DISEASE_GLOSSARY = str(Path(__file__).parent / "multilingual" / "data" / "diseas
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the key and its origin."""
+
+
+def _error(key: str, origins: dict[str, str], message: str,
+           origin_of: str | None = None) -> ConfigError:
+    """``KEY (from ORIGIN): message``: the key to change and where its value came from (or
+    where ``origin_of``'s came from, when that key is the one that made ``key`` wrong)."""
+    return ConfigError(f"{key}{_origin(origins, origin_of or key)}: {message}")
+
+
+def _origin(origins: dict[str, str], key: str) -> str:
+    key = re.sub(r"\[\d+\]", "", key)  # a list item comes from where its list was set
+    for candidate in (key, *_parents(key)):
+        if candidate in origins:
+            return f" (from {origins[candidate]})"
+    return ""
+
+
+def _parents(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
 
 
 def input_path(**kwargs: Any) -> Any:
@@ -76,6 +103,7 @@ BUNDLED_KG_FORMATS = ("mondo", "uberon", "cl", "efo")
 # Formats whose readers give cross-references (OBO xref tags, UMLS codes), or whose ids are
 # what others cross-reference (UMLS CUIs, SNOMED CT ids): what kg.merge_on can act on.
 XREF_KG_FORMATS = ("hpo", "obo", "umls", "snomed")
+SOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
 @dataclass
@@ -108,6 +136,24 @@ class KGSource:
     snomed_language_refset: str = "900000000000509007"
     # In kg.sources: keep only this source's first N concepts (sorted by id), before merging.
     max_concepts: int | None = None
+
+    def check(self, key: str, origins: dict[str, str]) -> None:
+        """One source on its own (``key``: kg, or kg.sources[i]); named (``source_list``)."""
+        if self.max_concepts is not None and self.max_concepts <= 0:
+            raise _error(f"{key}.max_concepts", origins,
+                         "must be positive, or null to keep every concept")
+        if self.format in ("obo", "umls", "snomed") and self.path is None:
+            raise _error(f"{key}.path", origins,
+                         f"required when {key}.format is {self.format!r} (the "
+                         f"{self.format.upper()} file or release directory)",
+                         origin_of=f"{key}.format")
+        if self.format in BUNDLED_KG_FORMATS and self.path is not None:
+            raise _error(f"{key}.path", origins,
+                         f"{key}.format {self.format!r} reads the ontology bundled in "
+                         f"cellxgene-ontology-guide; for an OBO file set {key}.format=obo")
+        if not SOURCE_NAME.match(self.name):
+            raise _error(f"{key}.name", origins, f"{self.name!r} is not a valid source name "
+                         "(a letter, then letters, digits, _ or -)")
 
 
 @dataclass
@@ -148,6 +194,39 @@ class KGConfig(KGSource):
                 ([f"at {s.path}"] if s.path else [])
             parts.append(f"`{s.name}`" + (f" ({' '.join(detail)})" if detail else ""))
         return " + ".join(parts)
+
+    def check(self, key: str, origins: dict[str, str]) -> None:
+        """Each source on its own, then the sources together."""
+        if self.sources:
+            # With a source list, the section's own source keys would silently be ignored.
+            single = KGSource()
+            for f in dataclasses.fields(KGSource):
+                if f.name != "max_concepts" and getattr(self, f.name) != getattr(single, f.name):
+                    raise _error(f"{key}.{f.name}", origins,
+                                 f"{key}.sources is set, so each source takes its own "
+                                 f"{f.name}; move it into the {key}.sources entries")
+        keys = [f"{key}.sources[{i}]" for i in range(len(self.sources))] or [key]
+        names: dict[str, str] = {}
+        for source_key, source in zip(keys, self.source_list(), strict=True):
+            source.check(source_key, origins)
+            if source.name in names:
+                raise _error(f"{source_key}.name", origins,
+                             f"two sources are named {source.name!r} ({names[source.name]} "
+                             f"and {source_key}); give each a distinct name")
+            names[source.name] = source_key
+        if self.merge_on:
+            merge_on = f"{key}.merge_on"
+            if len(names) < 2:
+                raise _error(merge_on, origins,
+                             f"merging needs at least two sources ({key}.sources)")
+            formats = {s.format for s in self.source_list()}
+            if not formats & set(XREF_KG_FORMATS):
+                raise _error(merge_on, origins,
+                             f"none of the sources has cross-references (formats "
+                             f"{', '.join(sorted(formats))}; the bundled "
+                             f"{', '.join(BUNDLED_KG_FORMATS)} carry none), so nothing can "
+                             f"merge; cross-references come from {', '.join(XREF_KG_FORMATS)} "
+                             "sources")
 
 
 @dataclass
@@ -204,6 +283,11 @@ class DefinitionsConfig:
     # Output rows per Parquet shard; a shard is the unit a killed run resumes from.
     rows_per_shard: int = 64
 
+    def check(self, key: str, origins: dict[str, str]) -> None:
+        if self.max_concepts is not None and self.max_concepts <= 0:
+            raise _error(f"{key}.max_concepts", origins, "must be a positive integer, or null "
+                         "to define every candidate concept")
+
 
 @dataclass
 class PairsConfig:
@@ -223,7 +307,8 @@ class PairsConfig:
 
 @dataclass
 class TrainConfig:
-    """Shared by the contrastive and distillation phases (each has its own section)."""
+    """A Ray Train run's section: ``distill`` and ``multilingual.train``; ``contrastive``
+    adds its loss's keys (``ContrastiveConfig``)."""
 
     base_model: str = field(default="packaged:all-MiniLM-L6-v2", metadata=MODEL_SPEC)
     # Ray Train workers (one process each; one GPU each when use_gpu).
@@ -259,9 +344,6 @@ class TrainConfig:
     grad_accumulation: int = 1
     grad_clip: float = 1.0
     deepspeed: dict[str, Any] = field(default_factory=dict)
-    # Contrastive loss: scale = 1 / temperature; symmetric adds definition -> name.
-    scale: float = 20.0
-    symmetric: bool = True
     # Validate (eval fast subset + validation loss) and checkpoint every N optimiser steps and
     # at the end of each epoch (0: only at the ends of the epochs and of the run); keep the
     # best ``keep_checkpoints`` by the validation score.
@@ -278,6 +360,41 @@ class TrainConfig:
     # Log progress every N optimiser steps.
     log_every: int = 10
     seed: int = 42
+
+    def check(self, key: str, origins: dict[str, str]) -> None:
+        """``key``: the section's (contrastive, distill, multilingual.train)."""
+        for name in ("num_workers", "batch_size", "epochs", "grad_accumulation",
+                     "keep_checkpoints", "max_seq_length", "log_every"):
+            if getattr(self, name) < 1:
+                raise _error(f"{key}.{name}", origins, "must be at least 1")
+        # 0 steps would train nothing: null is how to say "no cap".
+        if self.max_steps is not None and self.max_steps < 1:
+            raise _error(f"{key}.max_steps", origins,
+                         "must be positive, or null to train every epoch")
+        if self.checkpoint_every < 0:
+            raise _error(f"{key}.checkpoint_every", origins, "must be positive, or 0 to "
+                         "validate and checkpoint only at the ends of the epochs and of the run")
+        if self.max_failures < -1:
+            raise _error(f"{key}.max_failures", origins, "must be 0 or more, or -1 to restart "
+                         "after any number of failures")
+        if self.max_validation_rows is not None and self.max_validation_rows < 1:
+            raise _error(f"{key}.max_validation_rows", origins,
+                         "must be positive, or null to validate on the whole held-out split")
+        if not 0 <= self.warmup_ratio < 1:
+            raise _error(f"{key}.warmup_ratio", origins, "must be in [0, 1)")
+        unknown = sorted(set(self.validation_suites) - set(EVAL_SUITES))
+        if unknown:
+            raise _error(f"{key}.validation_suites", origins, f"unknown suite(s) "
+                         f"{', '.join(unknown)}; known: {', '.join(EVAL_SUITES)}")
+
+
+@dataclass
+class ContrastiveConfig(TrainConfig):
+    """The contrastive phase's Ray Train run, and its loss's keys (no other phase has them)."""
+
+    # Contrastive loss: scale = 1 / temperature; symmetric adds definition -> name.
+    scale: float = 20.0
+    symmetric: bool = True
 
 
 @dataclass
@@ -303,10 +420,15 @@ class TargetsConfig:
     # is a task).
     shuffle_partitions: int = 4
 
+    def check(self, key: str, origins: dict[str, str]) -> None:
+        if self.max_concepts is not None and self.max_concepts < 1:
+            raise _error(f"{key}.max_concepts", origins,
+                         "must be positive, or null to distill every concept")
+
 
 @dataclass
 class TuneConfig:
-    """The Ray Tune grid of distillation runs (each trial a Ray Train run) and the soup."""
+    """The Ray Tune grid of distillation runs (each trial a Ray Train run)."""
 
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     lrs: list[float] = field(default_factory=lambda: [1e-4])
@@ -320,10 +442,29 @@ class TuneConfig:
     cpus_per_trial: float = 0.1
     # A trial whose Ray Train run fails for good is started again this many times.
     max_failures: int = 1
-    # Uniform soup: the best ``soup_top_k`` trials. Greedy soup: trials in order of validation
-    # score, each kept only if the soup's score improves. ``soup`` is exported as the model.
-    soup_top_k: int = 4
-    soup: Literal["greedy", "uniform"] = "greedy"
+
+    def check(self, key: str, origins: dict[str, str]) -> None:
+        # That the grid's axes are distill keys is checked with the distill section
+        # (_check_across_sections).
+        for name, values in [("seeds", self.seeds), ("lrs", self.lrs),
+                             *((f"grid.{axis}", v) for axis, v in self.grid.items())]:
+            if not isinstance(values, list) or not values:
+                raise _error(f"{key}.{name}", origins, "must be a non-empty list")
+
+
+@dataclass
+class SoupConfig:
+    """The model soups of the distillation trials (stage ``soup``); both are built and
+    evaluated, ``method`` picks the one exported as the model."""
+
+    # greedy: trials in order of validation score, each kept only if the soup's score
+    # improves; uniform: the best ``top_k`` trials.
+    method: Literal["greedy", "uniform"] = "greedy"
+    top_k: int = 4
+
+    def check(self, key: str, origins: dict[str, str]) -> None:
+        if self.top_k < 1:
+            raise _error(f"{key}.top_k", origins, "must be at least 1")
 
 
 @dataclass
@@ -375,6 +516,23 @@ class EvalConfig:
     encoder_concurrency: int = 1
     encoder_num_gpus: float = 0.0
 
+    def check(self, key: str, origins: dict[str, str]) -> None:
+        from biolord_ray.evaluation.benchmark_files import (
+            PRESETS,  # stdlib-only module, cheap to import
+        )
+
+        if not 0 < self.holdout_fraction < 1:
+            raise _error(f"{key}.holdout_fraction", origins,
+                         "must be between 0 and 1 (exclusive)")
+        unknown = sorted(set(self.suites) - set(EVAL_SUITES))
+        if unknown:
+            raise _error(f"{key}.suites", origins, f"unknown suite(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(EVAL_SUITES)}")
+        for i, bench in enumerate(self.benchmarks):
+            if bench.preset not in PRESETS:
+                raise _error(f"{key}.benchmarks[{i}].preset", origins, f"unknown preset "
+                             f"{bench.preset!r}; known: {', '.join(PRESETS)}")
+
 
 @dataclass
 class MultilingualConfig:
@@ -408,6 +566,12 @@ class MultilingualConfig:
         lr=1e-4, epochs=3, max_steps=48, checkpoint_every=16,
         validation_suites=["translation"]))
 
+    def check(self, key: str, origins: dict[str, str]) -> None:
+        # ``train`` is a section of its own: the loader checks it.
+        if not 0 < self.validation_fraction < 1:
+            raise _error(f"{key}.validation_fraction", origins,
+                         "must be between 0 and 1 (exclusive)")
+
 
 @dataclass
 class PipelineConfig:
@@ -417,14 +581,35 @@ class PipelineConfig:
     kg: KGConfig = field(default_factory=KGConfig)
     definitions: DefinitionsConfig = field(default_factory=DefinitionsConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
-    contrastive: TrainConfig = field(default_factory=TrainConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     # Its workers leave room for the Tune trial's driver (tune.cpus_per_trial).
     distill: TrainConfig = field(default_factory=lambda: TrainConfig(
         cpus_per_worker=0.45, lr=1e-4, max_steps=30, checkpoint_every=30))
     tune: TuneConfig = field(default_factory=TuneConfig)
+    soup: SoupConfig = field(default_factory=SoupConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     multilingual: MultilingualConfig = field(default_factory=MultilingualConfig)
+
+
+def _check_across_sections(cfg: PipelineConfig, origins: dict[str, str]) -> None:
+    """The checks that need two sections (each section checks itself: its ``check``)."""
+    # A grid axis is set on the distill section of each trial (distill.trial_config).
+    distill_keys = {f.name for f in dataclasses.fields(cfg.distill)}
+    for axis in cfg.tune.grid:
+        if axis not in distill_keys:
+            raise _error(f"tune.grid.{axis}", origins, f"not a distill setting; known: "
+                         f"{', '.join(sorted(distill_keys))}")
+
+
+# Old key names, still read from files and --set, each with a warning (load_config).
+# Keys that moved: their value is applied at the new key; setting both is an error.
+MOVED_KEYS = {"tune.soup": "soup.method", "tune.soup_top_k": "soup.top_k"}
+# Keys that went from sections that never used them: read and ignored. Every training
+# section used to have the contrastive loss's keys; only the contrastive phase reads them.
+IGNORED_KEYS = {f"{section}.{name}": f"contrastive.{name}"
+                for section in ("distill", "multilingual.train")
+                for name in ("scale", "symmetric")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -438,15 +623,13 @@ def load_config(
     origins: dict[str, str] = {}
     if source is not None:
         data, origins = _read_yaml_chain(source)
+    given: dict[str, tuple[str, str]] = {}  # key --set -> (the name it was set by, origin)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set contrastive.lr=3e-5")
-        _assign(data, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
-        origins[key.strip()] = f"--set {item}"
+        _apply_override(data, origins, given, item)
     cfg = _build(PipelineConfig, data, prefix="", origins=origins)
     _check_paths(cfg, origins)
-    _check_combinations(cfg, origins)
+    _check_sections(cfg, origins)
+    _check_across_sections(cfg, origins)
     return cfg
 
 
@@ -487,6 +670,7 @@ def _read_yaml_chain(source: str) -> tuple[dict[str, Any], dict[str, str]]:
     parent = data.pop("extends", None)
     if parent is not None:
         base, origins = _read_yaml_chain(str(parent))
+    _move_old_keys(data, str(path))  # before merging: this file's keys win over its parent's
     for key in _leaf_keys(data):
         origins[key] = str(path)
     return _merge(base, data), origins
@@ -510,25 +694,81 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _assign(data: dict[str, Any], keys: list[str], value: Any) -> None:
+def _assign(data: dict[str, Any], keys: list[str], value: Any, where: str | None = None) -> None:
     for key in keys[:-1]:
         data = data.setdefault(key, {})
         if not isinstance(data, dict):
-            raise ConfigError(f"--set {'.'.join(keys)}: {key!r} is not a section")
+            raise ConfigError(f"{where or '--set ' + '.'.join(keys)}: {key!r} is not a section")
     data[keys[-1]] = value
 
 
-def _origin(origins: dict[str, str], key: str) -> str:
-    key = re.sub(r"\[\d+\]", "", key)  # a list item comes from where its list was set
-    for candidate in (key, *_parents(key)):
-        if candidate in origins:
-            return f" (from {origins[candidate]})"
-    return ""
+def _apply_override(data: dict[str, Any], origins: dict[str, str],
+                    given: dict[str, tuple[str, str]], item: str) -> None:
+    """``--set KEY=VALUE`` into ``data`` (its value replaces the key's). An old key in it
+    (``tune.soup=...``, or ``tune={soup: ...}``) moves as it does in a file; ``given``
+    refuses an old key and its new one both set on the command line."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set contrastive.lr=3e-5")
+    key, origin = key.strip(), f"--set {item}"
+    layer: dict[str, Any] = {}  # the override as a config of its own, for _move_old_keys
+    _assign(layer, key.split("."), yaml.safe_load(raw) if raw.strip() else None)
+    moved = _move_old_keys(layer, origin)  # new key -> old key
+    for target in (key, *moved):
+        holder, last = _lookup(layer, target)
+        if holder is None:
+            continue  # ``key`` was an old key: moved or ignored
+        value = holder[last]
+        leaves = (_leaf_keys(value, target + ".") if isinstance(value, dict) and value
+                  else [target])
+        for leaf in leaves:
+            name = moved.get(target, leaf)
+            first, first_origin = given.setdefault(leaf, (name, origin))
+            if first != name:  # set by its old name and by its new one
+                if name in MOVED_KEYS:
+                    raise _both_set(name, origin, first, first_origin)
+                raise _both_set(first, first_origin, name, origin)
+        _assign(data, target.split("."), value)
+        origins[target] = origin
 
 
-def _parents(key: str) -> list[str]:
-    parts = key.split(".")
-    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+def _move_old_keys(layer: dict[str, Any], origin: str) -> dict[str, str]:
+    """One file's or one --set's keys with the old names (MOVED_KEYS, IGNORED_KEYS) moved to
+    their new place or dropped, each with a warning. Returns {new key: old key} of the moved.
+    An old key and its new one in the same file is an error: which one was meant?"""
+    moved = {}
+    for old, new in MOVED_KEYS.items():
+        holder, last = _lookup(layer, old)
+        if holder is None:
+            continue
+        if _lookup(layer, new)[0] is not None:
+            raise _both_set(old, origin, new, origin)
+        log.warning("config key %s (from %s) is deprecated: it is now %s, where its value is "
+                    "applied", old, origin, new)
+        _assign(layer, new.split("."), holder.pop(last), where=f"{new} (from {origin})")
+        moved[new] = old
+    for old, home in IGNORED_KEYS.items():
+        holder, last = _lookup(layer, old)
+        if holder is not None:
+            del holder[last]
+            log.warning("config key %s (from %s) is deprecated and ignored: only the "
+                        "contrastive loss reads it, as %s; remove it from %s", old, origin,
+                        home, old.rsplit(".", 1)[0])
+    return moved
+
+
+def _lookup(data: Any, key: str) -> tuple[dict[str, Any] | None, str]:
+    """The mapping in ``data`` that holds the dotted ``key`` (None: not there) and the key's
+    last part."""
+    *sections, last = key.split(".")
+    for section in sections:
+        data = data.get(section) if isinstance(data, dict) else None
+    return (data if isinstance(data, dict) and last in data else None), last
+
+
+def _both_set(old: str, old_origin: str, new: str, new_origin: str) -> ConfigError:
+    return ConfigError(f"{old} (from {old_origin}) and {new} (from {new_origin}) are one "
+                       f"setting ({old} is its old name); keep only {new}")
 
 
 def _build(cls: type, data: Any, prefix: str, origins: dict[str, str],
@@ -640,141 +880,11 @@ def _check_model_path(key: str, spec: str | None, origins: dict[str, str]) -> No
                           "exist (a local path; or use packaged:NAME or a hub id)")
 
 
-def _check_combinations(cfg: PipelineConfig, origins: dict[str, str]) -> None:
-    """Options that are valid alone but not together; each message says what to change."""
-    _check_kg(cfg.kg, origins)
-    cap = cfg.definitions.max_concepts
-    if cap is not None and cap <= 0:
-        raise ConfigError(f"definitions.max_concepts"
-                          f"{_origin(origins, 'definitions.max_concepts')}: must be a positive "
-                          "integer, or null to define every candidate concept")
-    ev = cfg.eval
-    if not 0 < ev.holdout_fraction < 1:
-        raise ConfigError(f"eval.holdout_fraction{_origin(origins, 'eval.holdout_fraction')}: "
-                          "must be between 0 and 1 (exclusive)")
-    unknown = sorted(set(ev.suites) - set(EVAL_SUITES))
-    if unknown:
-        raise ConfigError(f"eval.suites{_origin(origins, 'eval.suites')}: unknown suite(s) "
-                          f"{', '.join(unknown)}; known: {', '.join(EVAL_SUITES)}")
-    from biolord_ray.evaluation.benchmark_files import (
-        PRESETS,  # stdlib-only module, cheap to import
-    )
-
-    for i, bench in enumerate(ev.benchmarks):
-        if bench.preset not in PRESETS:
-            key = f"eval.benchmarks[{i}].preset"
-            raise ConfigError(f"{key}{_origin(origins, key)}: unknown preset {bench.preset!r}; "
-                              f"known: {', '.join(PRESETS)}")
-    for name, train in (("contrastive", cfg.contrastive), ("distill", cfg.distill),
-                        ("multilingual.train", cfg.multilingual.train)):
-        if train.num_workers < 1:
-            raise ConfigError(f"{name}.num_workers{_origin(origins, name + '.num_workers')}: "
-                              "must be at least 1")
-        for field_name in ("batch_size", "epochs", "grad_accumulation", "keep_checkpoints",
-                           "max_seq_length", "log_every"):
-            if getattr(train, field_name) < 1:
-                key = f"{name}.{field_name}"
-                raise ConfigError(f"{key}{_origin(origins, key)}: must be at least 1")
-        # 0 steps would train nothing: null is how to say "no cap".
-        if train.max_steps is not None and train.max_steps < 1:
-            key = f"{name}.max_steps"
-            raise ConfigError(f"{key}{_origin(origins, key)}: must be positive, or null to "
-                              "train every epoch")
-        if train.checkpoint_every < 0:
-            key = f"{name}.checkpoint_every"
-            raise ConfigError(f"{key}{_origin(origins, key)}: must be positive, or 0 to "
-                              "validate and checkpoint only at the ends of the epochs and "
-                              "of the run")
-        if train.max_failures < -1:
-            key = f"{name}.max_failures"
-            raise ConfigError(f"{key}{_origin(origins, key)}: must be 0 or more, or -1 to "
-                              "restart after any number of failures")
-        if train.max_validation_rows is not None and train.max_validation_rows < 1:
-            key = f"{name}.max_validation_rows"
-            raise ConfigError(f"{key}{_origin(origins, key)}: must be positive, or null to "
-                              "validate on the whole held-out split")
-        if not 0 <= train.warmup_ratio < 1:
-            key = f"{name}.warmup_ratio"
-            raise ConfigError(f"{key}{_origin(origins, key)}: must be in [0, 1)")
-        unknown = sorted(set(train.validation_suites) - set(EVAL_SUITES))
-        if unknown:
-            key = f"{name}.validation_suites"
-            raise ConfigError(f"{key}{_origin(origins, key)}: unknown suite(s) "
-                              f"{', '.join(unknown)}; known: {', '.join(EVAL_SUITES)}")
-    if not 0 < cfg.multilingual.validation_fraction < 1:
-        key = "multilingual.validation_fraction"
-        raise ConfigError(f"{key}{_origin(origins, key)}: must be between 0 and 1 (exclusive)")
-    tune = cfg.tune
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    for axis in tune.grid:
-        if axis not in train_keys:
-            key = f"tune.grid.{axis}"
-            raise ConfigError(f"{key}{_origin(origins, 'tune.grid')}: not a distill setting; "
-                              f"known: {', '.join(sorted(train_keys))}")
-    for key, values in [("tune.seeds", tune.seeds), ("tune.lrs", tune.lrs),
-                        *((f"tune.grid.{k}", v) for k, v in tune.grid.items())]:
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{key}{_origin(origins, key)}: must be a non-empty list")
-    if cfg.targets.max_concepts is not None and cfg.targets.max_concepts < 1:
-        raise ConfigError(f"targets.max_concepts{_origin(origins, 'targets.max_concepts')}: "
-                          "must be positive, or null to distill every concept")
-    if tune.soup_top_k < 1:
-        raise ConfigError(f"tune.soup_top_k{_origin(origins, 'tune.soup_top_k')}: must be at "
-                          "least 1")
-
-
-SOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-
-
-def _check_kg(kg: KGConfig, origins: dict[str, str]) -> None:
-    """The KG section: each source on its own, then the sources together."""
-    if kg.sources:
-        # With a source list, the section's own source keys would silently be ignored.
-        single = KGSource()
-        for f in dataclasses.fields(KGSource):
-            if f.name != "max_concepts" and getattr(kg, f.name) != getattr(single, f.name):
-                key = f"kg.{f.name}"
-                raise ConfigError(f"{key}{_origin(origins, key)}: kg.sources is set, so each "
-                                  f"source takes its own {f.name}; move it into the "
-                                  "kg.sources entries")
-    prefixes = [f"kg.sources[{i}]." for i in range(len(kg.sources))] or ["kg."]
-    names: dict[str, str] = {}
-    for prefix, source in zip(prefixes, kg.source_list(), strict=True):
-        _check_source(source, prefix, origins)
-        if source.name in names:
-            key = prefix + "name"
-            raise ConfigError(f"{key}{_origin(origins, key)}: two sources are named "
-                              f"{source.name!r} ({names[source.name]} and {prefix.rstrip('.')})"
-                              "; give each a distinct name")
-        names[source.name] = prefix.rstrip(".")
-    if kg.merge_on:
-        where = f"kg.merge_on{_origin(origins, 'kg.merge_on')}"
-        if len(names) < 2:
-            raise ConfigError(f"{where}: merging needs at least two sources (kg.sources)")
-        if not any(s.format in XREF_KG_FORMATS for s in kg.source_list()):
-            raise ConfigError(f"{where}: none of the sources has cross-references (formats "
-                              f"{', '.join(sorted({s.format for s in kg.source_list()}))}; "
-                              f"the bundled {', '.join(BUNDLED_KG_FORMATS)} carry none), so "
-                              f"nothing can merge; cross-references come from "
-                              f"{', '.join(XREF_KG_FORMATS)} sources")
-
-
-def _check_source(source: KGSource, prefix: str, origins: dict[str, str]) -> None:
-    if source.max_concepts is not None and source.max_concepts <= 0:
-        key = prefix + "max_concepts"
-        raise ConfigError(f"{key}{_origin(origins, key)}: must be positive, or null to keep "
-                          "every concept")
-    if source.format in ("obo", "umls", "snomed") and source.path is None:
-        key = prefix + "path"
-        raise ConfigError(f"{key}{_origin(origins, prefix + 'format')}: required when "
-                          f"{prefix}format is {source.format!r} (the {source.format.upper()} "
-                          "file or release directory)")
-    if source.format in BUNDLED_KG_FORMATS and source.path is not None:
-        key = prefix + "path"
-        raise ConfigError(f"{key}{_origin(origins, key)}: {prefix}format {source.format!r} "
-                          "reads the ontology bundled in cellxgene-ontology-guide; for an OBO "
-                          f"file set {prefix}format=obo")
-    if not SOURCE_NAME.match(source.name):
-        key = prefix + "name"
-        raise ConfigError(f"{key}{_origin(origins, key)}: {source.name!r} is not a valid source "
-                          "name (a letter, then letters, digits, _ or -)")
+def _check_sections(cfg: Any, origins: dict[str, str], prefix: str = "") -> None:
+    """Every section's own ``check``, sections inside sections too (multilingual.train)."""
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section):
+            if hasattr(section, "check"):
+                section.check(prefix + f.name, origins)
+            _check_sections(section, origins, prefix + f.name + ".")

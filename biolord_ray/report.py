@@ -1,7 +1,7 @@
 """Stage ``report``: the run's final report, in ``<run_dir>/report/``.
 
 * ``results.md/.json/.png``: the base model, -C (contrastive), -S (best distillation trial)
-  and both soups (greedy and uniform; the one ``tune.soup`` exported is marked) on every
+  and both soups (greedy and uniform; the one ``soup.method`` exported is marked) on every
   benchmark of the full suite, general STS beside the biomedical ones when the suite has a
   general-language benchmark. The scores are the ones the ``train_contrastive`` and ``soup``
   stages measured on that same suite (no model is embedded twice);
@@ -33,8 +33,14 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False,
     ``only`` these (a run directory that holds part of the pipeline)."""
     inputs = stages.input_identities(STAGE, cfg, run_dir) if only is None else \
         {name: run_dir.stage_identity(name) for name in only}
-    return run_stage(run_dir, STAGE, {"eval": cfg.eval, "tune.soup": cfg.tune.soup}, inputs,
+    return run_stage(run_dir, STAGE, stage_settings(cfg), inputs,
                      lambda staging: _build(cfg, run_dir, staging, list(inputs)), force=force)
+
+
+def stage_settings(cfg: PipelineConfig) -> dict:
+    """What the stage's identity hashes; "tune.soup" is soup.method's old name, kept so that
+    runs made before still match."""
+    return {"eval": cfg.eval, "tune.soup": cfg.soup.method}
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str,
@@ -74,7 +80,7 @@ def combined_report(cfg: PipelineConfig, run_dir: RunDir) -> dict:
                                           stages.TRAIN_CONTRASTIVE),
         "BioLORD-S (best distillation trial)": _model(souped, "best_trial", stages.SOUP)}
     for kind in ("greedy", "uniform"):
-        exported = ", exported" if kind == cfg.tune.soup else ""
+        exported = ", exported" if kind == cfg.soup.method else ""
         models[f"BioLORD (soup, {kind}{exported})"] = _model(souped, f"soup_{kind}",
                                                               stages.SOUP)
     return {"fast": False, "benchmarks": trained["benchmarks"], "models": models,
@@ -107,7 +113,7 @@ def _readme(cfg: PipelineConfig, run_dir: RunDir, records: dict, results_md: str
              *[f"- {label}: `{run_dir.output(stage, output)}`" for label, stage, output in (
                  ("BioLORD-C (contrastive)", stages.TRAIN_CONTRASTIVE, "model"),
                  ("BioLORD-S (best distillation trial)", stages.SOUP, "model_s"),
-                 (f"BioLORD (soup, {cfg.tune.soup}, exported)", stages.SOUP, "model"),
+                 (f"BioLORD (soup, {cfg.soup.method}, exported)", stages.SOUP, "model"),
                  ("BioLORD-M (multilingual)", stages.DISTILL_MULTILINGUAL, "model"))
                if stage in records],
              ""]

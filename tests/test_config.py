@@ -1,4 +1,6 @@
 import dataclasses
+import logging
+import re
 
 import pytest
 
@@ -238,3 +240,181 @@ def test_config_survives_a_yaml_round_trip_with_the_same_hash(tmp_path):
     for section in dataclasses.fields(cfg):
         assert config_hash(getattr(again, section.name)) == config_hash(
             getattr(cfg, section.name)), section.name
+
+
+# ---------------------------------------------------------------------------------------
+# Each section's own checks, the cross-section one, and the old key names
+
+
+@pytest.mark.parametrize("override, key, message", [
+    ("kg.max_concepts=0", "kg.max_concepts", "must be positive, or null to keep every concept"),
+    ("definitions.max_concepts=0", "definitions.max_concepts", "must be a positive integer"),
+    ("contrastive.num_workers=0", "contrastive.num_workers", "must be at least 1"),
+    ("distill.batch_size=0", "distill.batch_size", "must be at least 1"),
+    ("multilingual.train.keep_checkpoints=0", "multilingual.train.keep_checkpoints",
+     "must be at least 1"),
+    ("distill.warmup_ratio=1", "distill.warmup_ratio", r"must be in \[0, 1\)"),
+    ("contrastive.validation_suites=[dev, kgg]", "contrastive.validation_suites",
+     "unknown suite\\(s\\) kgg; known: dev, kg, files, translation"),
+    ("targets.max_concepts=0", "targets.max_concepts",
+     "must be positive, or null to distill every concept"),
+    ("tune.lrs=[]", "tune.lrs", "must be a non-empty list"),
+    ("tune.grid={warmup_ratio: []}", "tune.grid.warmup_ratio", "must be a non-empty list"),
+    ("soup.top_k=0", "soup.top_k", "must be at least 1"),
+    ("eval.holdout_fraction=0", "eval.holdout_fraction", "must be between 0 and 1"),
+    ("multilingual.validation_fraction=1", "multilingual.validation_fraction",
+     "must be between 0 and 1 \\(exclusive\\)"),
+])
+def test_each_sections_check_names_the_key_and_its_origin(override, key, message):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} \(from --set "
+                                          rf"{re.escape(override)}\): {message}"):
+        load_config(None, [override])
+
+
+def test_grid_axes_are_checked_against_the_distill_section(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("tune:\n  grid:\n    scale: [10.0, 20.0]\n")
+    # scale is the contrastive loss's: distillation trials have no such setting.
+    with pytest.raises(ConfigError, match=rf"^tune.grid.scale \(from {path}\): not a distill "
+                                          "setting; known: base_model, batch_size"):
+        load_config(str(path))
+    assert load_config(None, ["tune.grid={max_seq_length: [32, 64]}"]).tune.grid == \
+        {"max_seq_length": [32, 64]}
+
+
+def test_contrastive_loss_keys_are_the_contrastive_sections_only():
+    cfg = load_config(None, ["contrastive.scale=10", "contrastive.symmetric=false"])
+    assert (cfg.contrastive.scale, cfg.contrastive.symmetric) == (10.0, False)
+    assert not hasattr(cfg.distill, "scale") and not hasattr(cfg.multilingual.train, "scale")
+    with pytest.raises(ConfigError, match=r"did you mean 'contrastive\.symmetric'"):
+        load_config(None, ["contrastive.symetric=false"])
+
+
+def test_old_soup_keys_load_into_the_soup_section_with_a_warning(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="biolord_ray.config")
+    cfg = load_config(None, ["tune.soup=uniform", "tune.soup_top_k=2"])
+    assert (cfg.soup.method, cfg.soup.top_k) == ("uniform", 2)
+    assert "tune.soup (from --set tune.soup=uniform) is deprecated: it is now soup.method" \
+        in caplog.text
+    assert "tune.soup_top_k (from --set tune.soup_top_k=2) is deprecated: it is now " \
+           "soup.top_k" in caplog.text
+    # In a section given whole, and in a file that extends a preset setting the new keys:
+    # the file's old key wins over the preset's new one, as any key of a file would.
+    assert load_config(None, ["tune={soup: uniform}"]).soup.method == "uniform"
+    path = tmp_path / "old.yaml"
+    path.write_text("extends: tiny\ntune:\n  seeds: [3]\n  soup: uniform\n")
+    caplog.clear()
+    cfg = load_config(str(path))
+    assert (cfg.soup.method, cfg.tune.seeds) == ("uniform", [3])
+    assert f"tune.soup (from {path}) is deprecated" in caplog.text
+    # --set over a file is one layer over another: the command line wins, either name.
+    assert load_config(str(path), ["soup.method=greedy"]).soup.method == "greedy"
+    assert load_config("tiny", ["tune.soup=uniform"]).soup.method == "uniform"
+    # A bad value names the new key and where the old one was set.
+    with pytest.raises(ConfigError, match=r"soup.method \(from --set tune.soup=best\): 'best' "
+                                          "is not one of 'greedy', 'uniform'"):
+        load_config(None, ["tune.soup=best"])
+
+
+def test_an_old_key_and_its_new_one_together_are_refused(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text("tune:\n  soup_top_k: 2\nsoup:\n  top_k: 3\n")
+    with pytest.raises(ConfigError, match=rf"tune.soup_top_k \(from {path}\) and soup.top_k "
+                       rf"\(from {path}\) are one setting \(tune.soup_top_k is its old name\); "
+                       "keep only soup.top_k"):
+        load_config(str(path))
+    for overrides in (["soup.method=greedy", "tune.soup=uniform"],
+                      ["tune.soup=uniform", "soup={method: greedy}"]):
+        with pytest.raises(ConfigError, match=r"tune.soup \(from --set tune.soup=uniform\) and "
+                                              r"soup.method \(from --set soup.*keep only "
+                                              "soup.method"):
+            load_config(None, overrides)
+
+
+def test_the_contrastive_loss_keys_elsewhere_load_ignored_with_a_warning(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="biolord_ray.config")
+    path = tmp_path / "old.yaml"
+    path.write_text("distill:\n  scale: 10.0\n  lr: 3.0e-5\nmultilingual:\n  train:\n"
+                    "    symmetric: false\n")
+    cfg = load_config(str(path), ["distill.symmetric=false"])
+    assert cfg.distill == dataclasses.replace(PipelineConfig().distill, lr=3e-5)
+    assert cfg.multilingual.train == PipelineConfig().multilingual.train
+    assert cfg.contrastive == PipelineConfig().contrastive
+    for key, origin, home in [("distill.scale", path, "contrastive.scale"),
+                              ("multilingual.train.symmetric", path, "contrastive.symmetric"),
+                              ("distill.symmetric", "--set distill.symmetric=false",
+                               "contrastive.symmetric")]:
+        assert f"config key {key} (from {origin}) is deprecated and ignored: only the " \
+               f"contrastive loss reads it, as {home}" in caplog.text
+
+
+def test_unknown_keys_of_the_new_sections_are_refused_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown key 'soup\.topk' \(from --set "
+                                          r"soup\.topk=3\); did you mean 'soup\.top_k'\?"):
+        load_config(None, ["soup.topk=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'tune\.soup_size'"):
+        load_config(None, ["tune.soup_size=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'distill\.temperature'"):
+        load_config(None, ["distill.temperature=0.05"])
+
+
+# The stage identities (run_stage's config hash of each stage's settings, and the names of the
+# Ray Train and Ray Tune runs, here for inputs {}) computed with the code before the config
+# got its per-stage sections (soup; scale and symmetric in contrastive only). These are the
+# pre-change hashes: a run made before must still match them, or it reruns these stages
+# instead of resuming. Unchanged config, unchanged identity.
+PRE_CHANGE_IDENTITIES = {
+    "default": {
+        "train_contrastive": "1c8c9eed9837e92f", "distill": "0f8bc46d512e05b4",
+        "soup": "4799526d4199ae2c", "distill_multilingual": "dc7fe506a228a65a",
+        "report": "d82f3e21b16a7d7a",
+        "run_name:train_contrastive": "ray-train-dc9c15e72a6b",
+        "run_name:distill": "tune-e23eb7977701",
+        "run_name:distill_multilingual": "ray-train-dccb8ab2d46d"},
+    "medium": {
+        "train_contrastive": "11657121a38461ea", "distill": "614f0341feb8c399",
+        "soup": "c81db2f5aa070b48", "distill_multilingual": "0bcc38f1ea3e3660",
+        "report": "5788106651195705",
+        "run_name:train_contrastive": "ray-train-8c58022a7a20",
+        "run_name:distill": "tune-41483beb881f",
+        "run_name:distill_multilingual": "ray-train-44787cb929d6"},
+    # Before: contrastive.scale=10, contrastive.symmetric=false, tune.soup=uniform,
+    # tune.soup_top_k=2, distill.lr=3e-5, multilingual.train.epochs=2.
+    "changed": {
+        "train_contrastive": "70265968244aa6d9", "distill": "a22d364d77ca822f",
+        "soup": "b1a8f2db77028782", "distill_multilingual": "5b1fc7ba93a802bb",
+        "report": "039641c0057277d3",
+        "run_name:train_contrastive": "ray-train-56f42c983d7e",
+        "run_name:distill": "tune-779a54d1595f",
+        "run_name:distill_multilingual": "ray-train-7100f5f94e8e"},
+}
+CHANGED = ["contrastive.scale=10", "contrastive.symmetric=false", "distill.lr=3e-5",
+           "multilingual.train.epochs=2"]
+
+
+@pytest.mark.parametrize("label, source, overrides", [
+    ("default", None, []),
+    ("medium", "medium", []),
+    ("changed", None, [*CHANGED, "soup.method=uniform", "soup.top_k=2"]),
+    ("changed", None, [*CHANGED, "tune.soup=uniform", "tune.soup_top_k=2"]),  # the old keys
+    # The contrastive loss's keys, ignored in distillation, never changed its identity here.
+    ("default", None, ["distill.scale=20.0", "multilingual.train.symmetric=true"]),
+])
+def test_stage_identities_are_those_of_runs_made_before(label, source, overrides):
+    from biolord_ray import report
+    from biolord_ray.multilingual import distill_multilingual
+    from biolord_ray.training import contrastive, distill, fitting, soup
+
+    cfg = load_config(source, overrides)
+    settings = {"train_contrastive": contrastive.stage_settings(cfg),
+                "distill": distill.stage_settings(cfg), "soup": soup.stage_settings(cfg),
+                "distill_multilingual": distill_multilingual.stage_settings(cfg),
+                "report": report.stage_settings(cfg)}
+    found = {stage: config_hash(s) for stage, s in settings.items()}
+    found["run_name:train_contrastive"] = fitting.run_name(settings["train_contrastive"], {})
+    # distill.run names its Tune experiment this way.
+    found["run_name:distill"] = \
+        f"tune-{config_hash({'settings': settings['distill'], 'inputs': {}})[:12]}"
+    found["run_name:distill_multilingual"] = \
+        fitting.run_name(settings["distill_multilingual"], {})
+    assert found == PRE_CHANGE_IDENTITIES[label]

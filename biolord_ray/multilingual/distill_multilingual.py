@@ -31,10 +31,15 @@ STAGE = stages.DISTILL_MULTILINGUAL
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     inputs = stages.input_identities(STAGE, cfg, run_dir)
-    settings = {"train": cfg.multilingual.train, "eval": cfg.eval}
+    settings = stage_settings(cfg)
     name = fitting.run_name(settings, inputs)
     return run_stage(run_dir, STAGE, settings, inputs,
                      lambda staging: _build(cfg, run_dir, staging, name, force), force=force)
+
+
+def stage_settings(cfg: PipelineConfig) -> dict:
+    """What the stage's identity hashes (fitting.section_identity: as runs made before did)."""
+    return {"train": fitting.section_identity(cfg.multilingual.train), "eval": cfg.eval}
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,

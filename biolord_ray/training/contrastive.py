@@ -27,10 +27,15 @@ STAGE = stages.TRAIN_CONTRASTIVE
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     inputs = stages.input_identities(STAGE, cfg, run_dir)
-    settings = {"contrastive": cfg.contrastive, "eval": cfg.eval}
+    settings = stage_settings(cfg)
     name = fitting.run_name(settings, inputs)
     return run_stage(run_dir, STAGE, settings, inputs,
                      lambda staging: _build(cfg, run_dir, staging, name, force), force=force)
+
+
+def stage_settings(cfg: PipelineConfig) -> dict:
+    """What the stage's identity hashes (fitting.section_identity: as runs made before did)."""
+    return {"contrastive": fitting.section_identity(cfg.contrastive), "eval": cfg.eval}
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,

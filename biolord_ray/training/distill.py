@@ -39,12 +39,17 @@ TRIALS_DIR = "trials"
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     inputs = stages.input_identities(STAGE, cfg, run_dir)
-    tune = {k: v for k, v in dataclasses.asdict(cfg.tune).items()
-            if k not in ("soup_top_k", "soup")}  # the soup stage's settings
-    settings = {"distill": cfg.distill, "tune": tune, "eval": cfg.eval}
+    settings = stage_settings(cfg)
     name = f"tune-{config_hash({'settings': settings, 'inputs': inputs})[:12]}"
     return run_stage(run_dir, STAGE, settings, inputs,
                      lambda staging: _build(cfg, run_dir, staging, name, force), force=force)
+
+
+def stage_settings(cfg: PipelineConfig) -> dict:
+    """What the stage's identity hashes (fitting.section_identity: as runs made before did;
+    ``tune`` as a mapping, which it was without the soup's keys before they left it)."""
+    return {"distill": fitting.section_identity(cfg.distill),
+            "tune": dataclasses.asdict(cfg.tune), "eval": cfg.eval}
 
 
 def grid_points(cfg: PipelineConfig) -> dict[str, list]:

@@ -1,9 +1,11 @@
 """A training stage's two halves, shared by the contrastive phase (-C), the distillation
 trials (-S) and the multilingual student (-M): fit a phase on Ray Train from two Parquet
-splits, and export the best checkpoint with its history, evaluation and model card."""
+splits, and export the best checkpoint with its history, evaluation and model card; and how
+the stages write their training section into their identity."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable
@@ -13,6 +15,24 @@ import pyarrow.fs as pafs
 from biolord_ray.config import PipelineConfig, TrainConfig, config_hash
 from biolord_ray.run_dir import RunDir
 from biolord_ray.training import loop
+
+# The three training sections used to share one TrainConfig class that had the contrastive
+# loss's keys (now ContrastiveConfig's only), and a stage's identity (its config hash, its Ray
+# Train run's name) hashed the section as its repr: config_hash writes a dataclass in the
+# settings with str(). So that a run made before still resumes, the stages write the section
+# that old way; distillation never read the loss's keys, whose defaults stand in for them.
+LEGACY_LOSS_KEYS = {"scale": 20.0, "symmetric": True}
+
+
+def section_identity(tcfg: TrainConfig) -> str:
+    """``tcfg`` as stage identities hash it: the repr of the TrainConfig class of before,
+    with the loss's keys after ``deepspeed``."""
+    values = []
+    for f in dataclasses.fields(TrainConfig):
+        values.append((f.name, getattr(tcfg, f.name)))
+        if f.name == "deepspeed":
+            values += [(k, getattr(tcfg, k, default)) for k, default in LEGACY_LOSS_KEYS.items()]
+    return f"TrainConfig({', '.join(f'{k}={v!r}' for k, v in values)})"
 
 
 def run_name(settings: dict, inputs: dict) -> str:

@@ -19,6 +19,8 @@ from biolord_ray.training.loop import Phase
 
 
 def contrastive_loss(model, tcfg):
+    """``tcfg``: the contrastive section (ContrastiveConfig), the only one with the loss's
+    ``scale`` and ``symmetric``."""
     from biolord_ray.training.losses import ConceptContrastiveLoss
 
     return ConceptContrastiveLoss(model, scale=tcfg.scale, symmetric=tcfg.symmetric)

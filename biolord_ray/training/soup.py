@@ -5,11 +5,11 @@ The ingredients are the ``distill`` stage's trials (Ray Tune's ResultGrid: each 
 checkpoint), in order of validation score. Two soups, parameters averaged exactly (float64
 sums, one division):
 
-* uniform: the best ``tune.soup_top_k`` trials;
+* uniform: the best ``soup.top_k`` trials;
 * greedy (Wortsman et al., 2022): start from the best trial, add the next one only if the
   soup's validation score (the fast suite the trials were ranked by) goes up.
 
-``tune.soup`` picks the one exported as ``model/``; the best trial is exported as
+``soup.method`` picks the one exported as ``model/``; the best trial is exported as
 ``model_s/``. ``evaluation/`` scores the teacher, the best trial and both soups on the full
 evaluation suite; ``soup.csv``/``soup.png`` show each trial and each greedy step.
 """
@@ -189,10 +189,15 @@ def greedy_soup(ingredients: list[str], score: Callable[[list[str]], float]) -> 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     inputs = stages.input_identities(STAGE, cfg, run_dir)
-    settings = {"soup_top_k": cfg.tune.soup_top_k, "soup": cfg.tune.soup,
-                "validation_suites": cfg.distill.validation_suites, "eval": cfg.eval}
-    return run_stage(run_dir, STAGE, settings, inputs,
+    return run_stage(run_dir, STAGE, stage_settings(cfg), inputs,
                      lambda staging: _build(cfg, run_dir, staging), force=force)
+
+
+def stage_settings(cfg: PipelineConfig) -> dict:
+    """What the stage's identity hashes. The keys are the names the soup's settings had in
+    ``tune`` before they became a section: runs made before must still match."""
+    return {"soup_top_k": cfg.soup.top_k, "soup": cfg.soup.method,
+            "validation_suites": cfg.distill.validation_suites, "eval": cfg.eval}
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
@@ -233,12 +238,12 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
                                                cfg.models.trust_remote_code), ingredients)
         steps = greedy_soup(order, score)
         greedy_members = steps[-1]["members"]
-        uniform_members = order[:cfg.tune.soup_top_k]
+        uniform_members = order[:cfg.soup.top_k]
         uniform_score = score(uniform_members)
         trained = {"best_trial": soup_dir([order[0]]), "soup_greedy": soup_dir(greedy_members),
                    "soup_uniform": soup_dir(uniform_members)}
         out = f"{local}/out"
-        shutil.copytree(trained[f"soup_{cfg.tune.soup}"], f"{out}/{loop.EXPORT_SUBDIR}")
+        shutil.copytree(trained[f"soup_{cfg.soup.method}"], f"{out}/{loop.EXPORT_SUBDIR}")
         shutil.copytree(trained["best_trial"], f"{out}/{SINGLE_SUBDIR}")
         (Path(out) / SINGLE_SUBDIR / "README.md").unlink(missing_ok=True)
 
@@ -286,8 +291,8 @@ def _evaluate(cfg: PipelineConfig, run_dir: RunDir, out: str,
     exported = run_dir.path(STAGE, loop.EXPORT_SUBDIR)
     locations = {  # where each model lives after the stage (None: where it is)
         "teacher": None, "best_trial": run_dir.path(STAGE, SINGLE_SUBDIR),
-        **{f"soup_{kind}": exported if kind == cfg.tune.soup
-           else f"not exported (tune.soup={kind})" for kind in ("greedy", "uniform")}}
+        **{f"soup_{kind}": exported if kind == cfg.soup.method
+           else f"not exported (soup.method={kind})" for kind in ("greedy", "uniform")}}
     first = {}  # model directory -> the first label that has it
     for label in MODEL_LABELS:
         first.setdefault(dirs[label], label)
@@ -371,7 +376,7 @@ def _write_cards(cfg: PipelineConfig, run_dir: RunDir, out: str, trials, steps: 
     trial_rows = "; ".join(f"{t} {s:.4f}" for t, s in zip(trials["trial"], trials[loop.SCORE],
                                                           strict=True))
     greedy_members = steps[-1]["members"]
-    soup_members = greedy_members if cfg.tune.soup == "greedy" else uniform_members
+    soup_members = greedy_members if cfg.soup.method == "greedy" else uniform_members
     evaluation = markdown(report) if report else None
     common = {"Ray Tune grid": ", ".join(f"{k} {v}" for k, v in
                                          distill.grid_points(cfg).items()),
@@ -379,12 +384,12 @@ def _write_cards(cfg: PipelineConfig, run_dir: RunDir, out: str, trials, steps: 
     write_model_card(
         f"{out}/{loop.EXPORT_SUBDIR}", load_path=run_dir.path(STAGE, loop.EXPORT_SUBDIR),
         section="distill", title="BioLORD-2023 style model (soup of self-distilled models)",
-        summary=f"A {cfg.tune.soup} model soup: the parameter-wise average of "
+        summary=f"A {cfg.soup.method} model soup: the parameter-wise average of "
                 f"{len(soup_members)} self-distillation runs of the base model, each trained "
                 "to reproduce the contrastive model's concept embeddings (the mean of a "
                 "concept's names and definitions) for its names and definitions.",
         cfg=cfg, tcfg=cfg.distill, data=data,
-        training={**common, "soup": f"{cfg.tune.soup}: {', '.join(soup_members)}",
+        training={**common, "soup": f"{cfg.soup.method}: {', '.join(soup_members)}",
                   "greedy steps": json.dumps([[s["ingredient"], round(s["score"], 4),
                                                s["kept"]] for s in steps])},
         evaluation_markdown=evaluation)

@@ -33,7 +33,7 @@ def distill_cfg(hpo_run):
     t = cfg.distill
     t.batch_size, t.max_steps, t.checkpoint_every, t.log_every = 16, 4, 4, 2
     t.validation_suites = ["kg"]
-    cfg.tune.seeds, cfg.tune.lrs, cfg.tune.soup_top_k = [0, 1], [1e-4], 2
+    cfg.tune.seeds, cfg.tune.lrs, cfg.soup.top_k = [0, 1], [1e-4], 2
     cfg.eval.suites = ["kg"]
     shutil.rmtree(run_dir.path("_work", distill.STAGE), ignore_errors=True)
     return cfg, run_dir
@@ -79,7 +79,7 @@ def test_targets_grid_interrupted_and_resumed_then_soup(distill_cfg, tmp_path):
     assert counts["best_trial_val_score"] == pytest.approx(scores[0], abs=2e-3)
     # The exported soup is exactly the average of its ingredients.
     members = [run_dir.path(distill.STAGE, t["model"]) for t in trials]
-    if cfg.tune.soup == "greedy":
+    if cfg.soup.method == "greedy":
         members = members[:counts["greedy_ingredients"]]
     ingredients = [load_file(f"{m}/model.safetensors") for m in members]
     soup_weights = load_file(run_dir.path(soup.STAGE, "model", "model.safetensors"))

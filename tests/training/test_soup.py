@@ -185,7 +185,7 @@ def test_run_report_shows_base_c_s_and_both_soups_with_general_sts(tmp_path):
                   {"teacher": (0.46, 0.94, 0.70), "best_trial": (0.47, 0.95, 0.78),
                    "soup_greedy": (0.48, 0.96, 0.80), "soup_uniform": (0.45, 0.93, 0.81)},
                   {"model": "model", "model_s": "model_s"})
-    cfg = load_config(None, ["tune.soup=uniform", f"run_dir={tmp_path / 'run'}"])
+    cfg = load_config(None, ["soup.method=uniform", f"run_dir={tmp_path / 'run'}"])
     record = report.run(cfg, run_dir, only=[contrastive.STAGE, soup.STAGE])
 
     readme = (tmp_path / "run" / "report" / "README.md").read_text()
