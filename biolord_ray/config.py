@@ -443,6 +443,10 @@ class TuneConfig:
     # A trial whose Ray Train run fails for good is started again this many times.
     max_failures: int = 1
 
+    def grid_points(self) -> dict[str, list]:
+        """The grid's axes and their values: seed, lr and the ``grid`` extras."""
+        return {"seed": self.seeds, "lr": self.lrs, **self.grid}
+
     def check(self, key: str, origins: dict[str, str]) -> None:
         # That the grid's axes are distill keys is checked with the distill section
         # (_check_across_sections).

@@ -3,9 +3,10 @@ outputs it reads and the outputs it provides, in the order the main job runs the
 
 ``jobs/full_pipeline.py`` (and its ``--from``/``--only``), the other jobs' prerequisites, each
 stage's input fingerprints and the report all read this list; a stage names another through
-the constants here, never by importing it. Adding a stage: its module (a
-``run(cfg, run_dir, force=False)`` returning the manifest record), one ``Stage`` line below,
-and its config section (a dataclass in config.py with its own ``check``).
+the constants here, never by importing it (the readers of outputs that several stages share
+are in ``stage_outputs``). Adding a stage: its module (a ``run(cfg, run_dir, force=False)``
+returning the manifest record), one ``Stage`` line below, and its config section (a
+dataclass in config.py with its own ``check``).
 
 Stage modules are imported only when a stage runs, so this module stays free of Ray, torch
 and every stage's dependencies.

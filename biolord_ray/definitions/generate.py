@@ -39,27 +39,15 @@ from biolord_ray.definitions.prompts import (
     prompt_dataset,
     template_hash,
 )
-from biolord_ray.kg import ingest
 from biolord_ray.models import resolve_model
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
+from biolord_ray.stage_outputs import DEFINITION_SCHEMA, english_concepts, english_names
 
 log = logging.getLogger(__name__)
 
 STAGE = stages.GENERATE_DEFINITIONS
-SOURCE = "llm"  # the definitions' source tag in training pairs
-
-DEFINITION_SCHEMA = pa.schema([
-    ("concept_id", pa.string()),
-    ("model", pa.string()),
-    ("template_hash", pa.string()),
-    ("sampling_params", pa.string()),  # JSON
-    ("prompt_tokens", pa.int32()),
-    ("output_tokens", pa.int32()),
-    ("finish_reason", pa.string()),    # "stop", "length", or "error" (the engine failed)
-    ("definition", pa.string()),       # the answer, or the engine's error message
-    ("valid", pa.bool_()),
-    ("reason", pa.string()),           # "" when valid, else one of validate.REASONS
-])
+# The output's schema (DEFINITION_SCHEMA) and its reader are in stage_outputs: build_pairs
+# reads the definitions too.
 
 
 # ray.data.llm's column for a request that failed (should_continue_on_error), and the
@@ -90,12 +78,6 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
     return run_stage(run_dir, STAGE, stage_settings(cfg.definitions),
                      stages.input_identities(STAGE, cfg, run_dir),
                      lambda staging: _build(cfg, run_dir, staging), force=force)
-
-
-def read_definitions(run_dir: RunDir, valid_only: bool = True) -> pa.Table:
-    table = pq.read_table(run_dir.output(STAGE, "definitions"), filesystem=run_dir.fs,
-                          schema=DEFINITION_SCHEMA)
-    return table.filter(table["valid"]) if valid_only else table
 
 
 # ---------------------------------------------------------------------------------------
@@ -176,10 +158,10 @@ def _write_prompts(cfg: PipelineConfig, run_dir: RunDir, path: str) -> tuple[str
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
     dcfg = cfg.definitions
-    concepts = ingest.english_concepts(run_dir)
+    concepts = english_concepts(run_dir)
     relations = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "relations"), filesystem=fs)
     dataset = prompt_dataset(concepts, relations, dcfg, cfg.kg.shuffle_partitions,
-                             ingest.english_names(run_dir))
+                             english_names(run_dir))
     write_parquet(dataset, path, fs, PROMPT_SCHEMA, cfg.kg.rows_per_file)
     selected = len(_ids(fs, path))
     # Counting the candidates costs one more pass over the concepts, only needed under a cap.

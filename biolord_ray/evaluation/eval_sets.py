@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 from biolord_ray import stages
 from biolord_ray.config import EvalConfig, PipelineConfig
 from biolord_ray.keys import draw, normalise
-from biolord_ray.kg import ingest
 from biolord_ray.kg.schema import IS_A
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
+from biolord_ray.stage_outputs import english_concepts
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _is_a_edges(batch: pa.Table, seed: int, keep: int | None) -> pa.Table:
 
 def _build(cfg: EvalConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     fs = run_dir.fs
-    concepts = ingest.english_concepts(run_dir)
+    concepts = english_concepts(run_dir)
     names = concepts.map_batches(split_names, batch_format="pyarrow", fn_kwargs={
         "fraction": cfg.holdout_fraction, "synonym_types": cfg.holdout_synonym_types,
         "seed": cfg.seed})

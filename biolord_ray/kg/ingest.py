@@ -177,29 +177,6 @@ def _dedupe_relations(relations, num_partitions: int):
         .aggregate(Min("source", alias_name="source"))
 
 
-def english_concepts(run_dir: RunDir):
-    """The ingested concepts with an English name, as a Ray Dataset: what the English phases
-    (definition prompts, training pairs, evaluation sets) read. A concept named only in other
-    languages (kept by kg.languages for the multilingual student) has no English text."""
-    import ray.data
-    from ray.data.expressions import col
-
-    concepts = ray.data.read_parquet(run_dir.output(STAGE, "concepts"), filesystem=run_dir.fs)
-    return concepts.filter(expr=col("preferred_name_language") == "en")
-
-
-def english_names(run_dir: RunDir) -> pa.Table:
-    """``concept_id`` and ``preferred_name`` of the concepts with an English name, read in
-    this process (two short strings per concept): the lookup table that names relation
-    targets."""
-    import pyarrow.dataset as pads
-
-    return pads.dataset(run_dir.output(STAGE, "concepts"), filesystem=run_dir.fs,
-                        format="parquet").to_table(
-        columns=["concept_id", "preferred_name"],
-        filter=pc.field("preferred_name_language") == "en")
-
-
 def read_concepts(run_dir: RunDir) -> pa.Table:
     """The ingested concepts as one Arrow table (for small KGs and tests)."""
     return pq.read_table(run_dir.output(STAGE, "concepts"), filesystem=run_dir.fs,

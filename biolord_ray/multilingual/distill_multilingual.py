@@ -19,8 +19,8 @@ import pyarrow.dataset as pads
 
 from biolord_ray import stages
 from biolord_ray.config import PipelineConfig
-from biolord_ray.multilingual import parallel_data
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
+from biolord_ray.stage_outputs import SPLITS, multilingual_teacher_dir
 from biolord_ray.training import fitting, loop
 from biolord_ray.training.phases import MULTILINGUAL
 
@@ -46,7 +46,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
            force: bool) -> StageOutputs:
     tcfg, fs = cfg.multilingual.train, run_dir.fs
     train, validation = (run_dir.output(stages.PARALLEL_DATA, split)
-                         for split in parallel_data.SPLITS)
+                         for split in SPLITS)
     check_width(cfg, pads.dataset(train, filesystem=fs, format="parquet").schema)
     result = fitting.fit_phase(MULTILINGUAL, tcfg, cfg, run_dir, STAGE, name, train=train,
                                validation=validation, columns=["text", "target"], force=force)
@@ -82,7 +82,7 @@ def _export(cfg: PipelineConfig, run_dir: RunDir, staging: str, result) -> Stage
     def evaluate(model_dir: str) -> dict:
         suites = list(dict.fromkeys([*cfg.eval.suites, "translation"]))
         return evaluate_models(
-            [parallel_data.teacher_dir(cfg, run_dir), tcfg.base_model, model_dir],
+            [multilingual_teacher_dir(cfg, run_dir), tcfg.base_model, model_dir],
             build_suite(cfg.eval, suites, run_dir), cfg,
             labels=["teacher", before_label, "multilingual"],
             locations=[None, None, run_dir.path(STAGE, loop.EXPORT_SUBDIR)])

@@ -35,11 +35,11 @@ from biolord_ray import stages
 from biolord_ray.config import PipelineConfig
 from biolord_ray.keys import draw
 from biolord_ray.run_dir import RunDir, StageOutputs, fingerprint, run_stage, write_parquet
+from biolord_ray.stage_outputs import SPLITS, multilingual_teacher_dir
 
 log = logging.getLogger(__name__)
 
 STAGE = stages.PARALLEL_DATA
-SPLITS = ("train", "validation")
 REQUIRED_COLUMNS = ("source", "target", "language")
 
 PAIR_SCHEMA = pa.schema([
@@ -72,13 +72,6 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
                      lambda staging: _build(cfg, run_dir, staging), force=force)
 
 
-def teacher_dir(cfg: PipelineConfig, run_dir: RunDir) -> str:
-    from biolord_ray.models.encode import sentence_model_dir
-
-    spec = cfg.multilingual.teacher or run_dir.output(stages.SOUP, "model")
-    return sentence_model_dir(spec, cfg.models.cache_dir, cfg.models.trust_remote_code)
-
-
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import ray.data
     from ray.data.expressions import col
@@ -106,7 +99,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     counts = {"quarantined": sum(by_reason.values()),
               **{f"quarantined_{reason}": n for reason, n in sorted(by_reason.items())}}
 
-    model_dir = teacher_dir(cfg, run_dir)
+    model_dir = multilingual_teacher_dir(cfg, run_dir)
     rows = pairs.filter(expr=col("reason") == "").map_batches(
         assign_split, batch_format="pyarrow",
         fn_kwargs={"fraction": mcfg.validation_fraction, "seed": mcfg.seed},

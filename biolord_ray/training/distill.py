@@ -52,11 +52,6 @@ def stage_settings(cfg: PipelineConfig) -> dict:
             "tune": dataclasses.asdict(cfg.tune), "eval": cfg.eval}
 
 
-def grid_points(cfg: PipelineConfig) -> dict[str, list]:
-    """The grid's axes: seed, lr and the ``tune.grid`` extras."""
-    return {"seed": cfg.tune.seeds, "lr": cfg.tune.lrs, **cfg.tune.grid}
-
-
 def trial_config(base: TrainConfig, params: dict) -> TrainConfig:
     return dataclasses.replace(base, **params)
 
@@ -120,7 +115,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={k: tune.grid_search(v) for k, v in grid_points(cfg).items()},
+            param_space={k: tune.grid_search(v) for k, v in cfg.tune.grid_points().items()},
             tune_config=tune.TuneConfig(metric=loop.SCORE, mode="max",
                                         max_concurrent_trials=trial_concurrency(cfg)),
             run_config=tune.RunConfig(
@@ -131,7 +126,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str, name: str,
     # the next run restores the sweep instead of souping what finished. Trials not yet started
     # are not in the grid at all, and Tune marks the interrupted ones terminated, so count the
     # trials whose last report is their run's last step against the grid's size.
-    points = math.prod(len(values) for values in grid_points(cfg).values())
+    points = math.prod(len(values) for values in cfg.tune.grid_points().values())
     finished = sum(1 for r in grid if r.error is None
                    and r.metrics.get("step", -1) >= r.metrics.get("total_steps", math.inf))
     unfinished = points - finished - grid.num_errors
@@ -182,7 +177,7 @@ def export_trials(cfg: PipelineConfig, run_dir: RunDir, staging: str, grid,
     import pandas as pd
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-    axes = list(grid_points(cfg))
+    axes = list(cfg.tune.grid_points())
     best = grid.get_dataframe(filter_metric=loop.SCORE, filter_mode="max")
     failed = [r for r in grid if r.error is not None]
     for result in failed:

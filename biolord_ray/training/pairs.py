@@ -21,9 +21,7 @@ import pyarrow as pa
 from biolord_ray import keys, stages
 from biolord_ray.broadcast import lookup_join
 from biolord_ray.config import PipelineConfig
-from biolord_ray.definitions import generate
 from biolord_ray.definitions.prompts import BATCH_ROWS, relation_label, with_facts
-from biolord_ray.kg import ingest
 from biolord_ray.run_dir import (
     RunDir,
     StageOutputs,
@@ -31,6 +29,12 @@ from biolord_ray.run_dir import (
     count_rows,
     run_stage,
     write_parquet,
+)
+from biolord_ray.stage_outputs import (
+    GENERATED_DEFINITION_SOURCE,
+    english_concepts,
+    english_names,
+    read_definitions,
 )
 
 log = logging.getLogger(__name__)
@@ -76,7 +80,7 @@ def make_pairs(batch: pa.Table, max_per_concept: int, seed: int,
         positives = [(d["text"], "definition", d["source"])
                      for d in columns["definitions"][i] or [] if (d["text"] or "").strip()]
         if columns.get("generated") and columns["generated"][i]:
-            positives.append((columns["generated"][i], "definition", generate.SOURCE))
+            positives.append((columns["generated"][i], "definition", GENERATED_DEFINITION_SOURCE))
         relations = (columns.get("relations") or [None] * len(batch))[i]
         if use_descriptions and relations:
             positives.append((description(name, relations, columns["targets"][i]),
@@ -97,15 +101,14 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import ray.data
 
     pcfg, fs, parts = cfg.pairs, run_dir.fs, cfg.kg.shuffle_partitions
-    concepts = ingest.english_concepts(run_dir)
+    concepts = english_concepts(run_dir)
     relations = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "relations"), filesystem=fs)
     dcfg = cfg.definitions
     rows = with_facts(concepts, concepts, relations, dcfg.max_parents, dcfg.max_relations,
-                      dcfg.max_targets, parts, ingest.english_names(run_dir))
+                      dcfg.max_targets, parts, english_names(run_dir))
     if uses_generated_definitions(cfg, run_dir):
         # At most one per concept, and only for the concepts defined: broadcast.
-        generated = generate.read_definitions(
-            run_dir, valid_only=not pcfg.keep_invalid_definitions) \
+        generated = read_definitions(run_dir, valid_only=not pcfg.keep_invalid_definitions) \
             .select(["concept_id", "definition"]).rename_columns(["concept_id", "generated"])
         if generated.num_rows:
             rows = lookup_join(rows, generated, on=["concept_id"])

@@ -29,7 +29,8 @@ import pyarrow.fs as pafs
 from biolord_ray import stages
 from biolord_ray.config import PipelineConfig
 from biolord_ray.run_dir import RunDir, StageOutputs, run_stage
-from biolord_ray.training import distill, loop, teacher_targets
+from biolord_ray.stage_outputs import targets_teacher_dir
+from biolord_ray.training import loop
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ def _evaluate(cfg: PipelineConfig, run_dir: RunDir, out: str,
 
     if not cfg.eval.suites:
         return None
-    dirs = {"teacher": teacher_targets.teacher_dir(cfg, run_dir), **trained}
+    dirs = {"teacher": targets_teacher_dir(cfg, run_dir), **trained}
     exported = run_dir.path(STAGE, loop.EXPORT_SUBDIR)
     locations = {  # where each model lives after the stage (None: where it is)
         "teacher": None, "best_trial": run_dir.path(STAGE, SINGLE_SUBDIR),
@@ -379,7 +380,7 @@ def _write_cards(cfg: PipelineConfig, run_dir: RunDir, out: str, trials, steps: 
     soup_members = greedy_members if cfg.soup.method == "greedy" else uniform_members
     evaluation = markdown(report) if report else None
     common = {"Ray Tune grid": ", ".join(f"{k} {v}" for k, v in
-                                         distill.grid_points(cfg).items()),
+                                         cfg.tune.grid_points().items()),
               "trials (validation score)": trial_rows}
     write_model_card(
         f"{out}/{loop.EXPORT_SUBDIR}", load_path=run_dir.path(STAGE, loop.EXPORT_SUBDIR),

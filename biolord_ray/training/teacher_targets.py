@@ -30,11 +30,11 @@ from biolord_ray.run_dir import (
     shuffle_partitions,
     write_parquet,
 )
+from biolord_ray.stage_outputs import SPLITS, targets_teacher_dir
 
 log = logging.getLogger(__name__)
 
 STAGE = stages.TEACHER_TARGETS
-SPLITS = ("train", "validation")
 # Concepts per encoder call (about 4 texts each). sentence-transformers sorts each call's
 # texts by length before batching, so large calls pad far less: 2048 texts per call encoded
 # 1.9x faster than 256 on the embedded default.
@@ -56,19 +56,12 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
                      lambda staging: _build(cfg, run_dir, staging), force=force)
 
 
-def teacher_dir(cfg: PipelineConfig, run_dir: RunDir) -> str:
-    from biolord_ray.models.encode import sentence_model_dir
-
-    spec = cfg.targets.teacher or run_dir.output(stages.TRAIN_CONTRASTIVE, "model")
-    return sentence_model_dir(spec, cfg.models.cache_dir, cfg.models.trust_remote_code)
-
-
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import ray.data
     from ray.data.expressions import col
 
     check_room_for_shuffles(cfg.targets)
-    model_dir = teacher_dir(cfg, run_dir)
+    model_dir = targets_teacher_dir(cfg, run_dir)
     fs = run_dir.fs
     counts = {"teacher": model_dir}
     splits, rows = [], 0

@@ -14,6 +14,7 @@ import pytest
 from biolord_ray.config import DefinitionsConfig
 from biolord_ray.definitions import selection, validate
 from biolord_ray.kg.schema import CONCEPT_SCHEMA
+from biolord_ray.stage_outputs import DEFINITION_SCHEMA
 
 LABELLED = Path(__file__).parents[1] / "fixtures" / "definitions" / "labelled_answers.jsonl"
 
@@ -159,9 +160,9 @@ def test_consolidation_rechecks_answers_written_under_an_older_gate(tmp_path):
          "definition": "Nocturnal enuresis is involuntary urination during sleep."},
         {"concept_id": "B", "finish_reason": "stop", "valid": True, "reason": "",
          "definition": "Microcephaly is a medical concept that has been extensively studied."},
-    ], schema=generate.DEFINITION_SCHEMA)
+    ], schema=DEFINITION_SCHEMA)
     table = generate._recheck(answers, pafs.LocalFileSystem(), str(tmp_path), min_words=5)
-    assert table.schema == generate.DEFINITION_SCHEMA
+    assert table.schema == DEFINITION_SCHEMA
     assert table.select(["valid", "reason"]).to_pylist() == [
         {"valid": True, "reason": ""}, {"valid": False, "reason": "vacuous"}]
 
@@ -181,7 +182,7 @@ def test_a_failed_request_is_stored_as_an_engine_error_and_stays_one_on_recheck(
         "__inference_error__": ""}
     rows = [generate._quarantine_engine_error(dict(r), "m", "t", params)
             for r in (answered, failed)]
-    table = pa.Table.from_pylist(rows, schema=generate.DEFINITION_SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=DEFINITION_SCHEMA)
     assert table.select(["concept_id", "finish_reason", "valid", "reason"]).to_pylist() == [
         {"concept_id": "A", "finish_reason": "stop", "valid": True, "reason": ""},
         {"concept_id": "B", "finish_reason": "error", "valid": False, "reason": "engine_error"}]

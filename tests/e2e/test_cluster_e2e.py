@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import assert_dashboard_locked, readable_rows
 
-from biolord_ray.definitions.generate import DEFINITION_SCHEMA
 from biolord_ray.runtime import small_node_env
+from biolord_ray.stage_outputs import DEFINITION_SCHEMA
 from biolord_ray.stages import STAGES
 
 pytestmark = pytest.mark.slow

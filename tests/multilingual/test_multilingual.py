@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from biolord_ray import report
+from biolord_ray import report, stage_outputs
 from biolord_ray.config import DISEASE_GLOSSARY, KGConfig, load_config
 from biolord_ray.evaluation import eval_sets
 from biolord_ray.kg import ingest, obo, snomed
@@ -70,7 +70,7 @@ def test_english_phases_leave_out_concepts_without_an_english_name(umls_run):
     cfg, run_dir = umls_run
     counts = run_dir.completed(ingest.STAGE)["counts"]
     assert counts["concepts_without_english_name"] == 1
-    english = {r["concept_id"] for r in ingest.english_concepts(run_dir).take_all()}
+    english = {r["concept_id"] for r in stage_outputs.english_concepts(run_dir).take_all()}
     assert len(english) == counts["concepts"] - 1 and "C9999999" not in english
     eval_sets.run(cfg, run_dir)  # evaluation sets, as the English phases read the KG
     names = pq.read_table(run_dir.output(eval_sets.STAGE, "names"))
