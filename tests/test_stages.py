@@ -64,9 +64,14 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
     return found & modules
 
 
+def _package_modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its own name) -> its file."""
+    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+            .removesuffix(".__init__"): p for p in PACKAGE.rglob("*.py")}
+
+
 def test_no_import_circle_in_the_package():
-    paths = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
-             .removesuffix(".__init__"): p for p in PACKAGE.rglob("*.py")}
+    paths = _package_modules()
     graph = {name: _imports(path, set(paths)) - {name} for name, path in paths.items()}
 
     def reaches(start: str, goal: str) -> bool:
@@ -81,6 +86,30 @@ def test_no_import_circle_in_the_package():
 
     circles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if reaches(b, a))
     assert not circles
+
+
+def test_each_layer_only_looks_down():
+    """Shared support below every stage: no stage module (the registry's) imports another
+    stage's, and no other module of the package (evaluation/, models/, the run directory,
+    the readers of stage outputs...) imports a stage's, at module level or in a function.
+    A stage reads another's outputs through ``stage_outputs`` and names it through
+    ``stages``; only the registry imports stage modules, by name, when a stage runs."""
+    paths = _package_modules()
+    stage_modules = {stage.module for stage in stages.STAGES.values()}
+    assert stage_modules <= set(paths)
+    evaluation = {name for name in paths if name.startswith("biolord_ray.evaluation")}
+    assert evaluation - stage_modules  # the evaluation support is checked below
+    found = sorted(f"{'stage' if name in stage_modules else 'support module'} {name} imports "
+                   f"{imported}" for name, path in paths.items()
+                   for imported in _imports(path, set(paths)) & stage_modules - {name})
+    assert not found, "\n".join(found)
+
+
+def test_the_registry_and_the_readers_of_stage_outputs_import_light():
+    code = ("import sys, biolord_ray.stages, biolord_ray.stage_outputs\n"
+            "heavy = {'torch', 'ray', 'transformers', 'vllm'} & set(sys.modules)\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_job_help_shows_the_usage_examples():
