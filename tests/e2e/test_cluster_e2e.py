@@ -118,9 +118,9 @@ def two_node_cluster(run_dir: Path):
     # Ports of their own for each node: two nodes on one machine (and the test session's
     # local Ray) must not share agent or metrics ports.
     gcs, dashboard, client, *ports = _free_ports(3 + 2 * len(NODE_PORT_FLAGS))
-    head_ports = [f"--{flag}={port}" for flag, port in zip(NODE_PORT_FLAGS, ports)]
-    worker_ports = [f"--{flag}={port}" for flag, port in zip(NODE_PORT_FLAGS,
-                                                              ports[len(NODE_PORT_FLAGS):])]
+    head_ports, worker_ports = (
+        [f"--{flag}={port}" for flag, port in zip(NODE_PORT_FLAGS, node, strict=True)]
+        for node in (ports[:len(NODE_PORT_FLAGS)], ports[len(NODE_PORT_FLAGS):]))
     try:
         _ray(["start", "--head", f"--port={gcs}", "--num-cpus=0", "--include-dashboard=true",
               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
