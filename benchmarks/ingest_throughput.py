@@ -320,9 +320,9 @@ def _start_ray(num_cpus: int):
 
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
-    import ray.data
+    from biolord_ray.runtime import configure_ray_data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    configure_ray_data(progress_bars=False)
     from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
     state = get_state_from_address(ray.get_runtime_context().gcs_address)

@@ -43,10 +43,25 @@ def init_ray(cfg: RayConfig):
         context = ray.init(num_cpus=cfg.num_cpus, include_dashboard=True,
                            dashboard_host=cfg.dashboard_host,
                            _system_config=SMALL_NODE_SYSTEM_CONFIG)
-    ray.data.DataContext.get_current().enable_progress_bars = True
+    configure_ray_data()
     log.info("Ray resources: %s; dashboard: %s", ray.cluster_resources(),
              context.dashboard_url)
     return context
+
+
+def configure_ray_data(progress_bars: bool = True) -> None:
+    """Ray Data's settings for datasets built in this process: the driver, and a Tune trial
+    (a process of its own that reads the trial's data). Tasks and actors a dataset starts
+    inherit them."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress_bars
+    # Ray 2.60's default Parquet reader (datasource V2) lists the files of every read through
+    # a pool of up to 32 FooterReader actors, each a process to start: 1 to 3 s of fixed cost
+    # per read on a small node, and the stages read Parquet dozens of times. The V1 reader
+    # returns the same rows in a quarter of that time (benchmarks/stage_fixed_cost.py).
+    context.use_datasource_v2 = False
 
 
 class ResourceError(RuntimeError):

@@ -72,12 +72,12 @@ def ray_local():
     import ray
     import ray.data
 
-    from biolord_ray.runtime import SMALL_NODE_SYSTEM_CONFIG
+    from biolord_ray.runtime import SMALL_NODE_SYSTEM_CONFIG, configure_ray_data
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  _system_config=SMALL_NODE_SYSTEM_CONFIG)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    configure_ray_data(progress_bars=False)
     yield ray
 
 

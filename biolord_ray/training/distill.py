@@ -70,6 +70,9 @@ def distill_trial(params: dict, cfg: PipelineConfig, run_dir_uri: str, train_sto
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from biolord_ray.runtime import configure_ray_data
+
+    configure_ray_data()
     run_dir = RunDir(run_dir_uri)
     fitting.fit_phase(DISTILL, trial_config(cfg.distill, params), cfg, run_dir, STAGE,
                       trial_name(params), train=run_dir.output(stages.TEACHER_TARGETS, "train"),
