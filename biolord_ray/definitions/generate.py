@@ -116,9 +116,11 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
         # Read the prompts before the engine starts: Ray Data starts the engine and helper
         # actors first, and the file-listing step of a read needs a whole CPU that a small
         # node then no longer has. The prompts wait in the object store (spilled if large).
-        # Blocks of rows_per_shard rows: a block's answers are written as soon as it is done,
-        # which bounds what a kill can lose.
-        todo = todo.repartition(target_num_rows_per_block=dcfg.rows_per_shard).materialize()
+        # Blocks of exactly rows_per_shard rows (strict: the default's best-effort blocks were
+        # smaller, and the write then waited for two of them): a block's answers are written
+        # as soon as it is done, which bounds what a kill can lose.
+        todo = todo.repartition(target_num_rows_per_block=dcfg.rows_per_shard,
+                                strict=True).materialize()
         answers = _generate(todo, dcfg, model_tag, thash, cfg.models)
         answers.write_parquet(shards, filesystem=fs, min_rows_per_file=dcfg.rows_per_shard,
                               ray_remote_args={"num_cpus": dcfg.helper_cpus})
