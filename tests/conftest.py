@@ -72,9 +72,12 @@ def ray_local():
     import ray
     import ray.data
 
-    from biolord_ray.runtime import SMALL_NODE_SYSTEM_CONFIG, configure_ray_data
+    from biolord_ray.runtime import (LOCAL_INSTANCE_ENV, SMALL_NODE_SYSTEM_CONFIG,
+                                     configure_ray_data)
 
     if not ray.is_initialized():
+        for key, value in LOCAL_INSTANCE_ENV.items():
+            os.environ.setdefault(key, value)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  _system_config=SMALL_NODE_SYSTEM_CONFIG)
     configure_ray_data(progress_bars=False)

@@ -9,7 +9,9 @@ forwards every validation report (with its checkpoint path) to Tune.
 
 Faults: a worker failure is retried inside the trial by Ray Train (``distill.max_failures``),
 a failed trial is started again by Tune (``tune.max_failures``) and resumes from its Ray
-Train checkpoints; an interrupted sweep is picked up with ``Tuner.restore`` on the next run.
+Train checkpoints; an interrupted sweep is picked up with ``Tuner.restore`` on the next run
+(a trial whose Train run had already finished reports that run's checkpoints again, without
+starting its workers).
 
 Output: ``trials.csv`` (each trial's best validation row), ``trials.png`` (validation score
 per trial and step) and ``trials/<trial>/model`` (each trial's best checkpoint, exported), the
@@ -68,12 +70,20 @@ def distill_trial(params: dict, cfg: PipelineConfig, run_dir_uri: str, train_sto
     Runs as the trial's function (a driver: the Train workers get their own resources). A
     retried or restored trial resumes its Train run from the checkpoints under the same name.
     """
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray import tune
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
     from biolord_ray.runtime import configure_ray_data
 
-    configure_ray_data()
     run_dir = RunDir(run_dir_uri)
+    finished = fitting.finished_run(f"{train_storage}/{trial_name(params)}", run_dir.fs)
+    if finished:
+        # The run ended before Tune saved the trial as done (a sweep interrupted in between):
+        # report its checkpoints as its workers would have, without starting them again.
+        for metrics, checkpoint_path in finished:
+            tune.report({**metrics, CHECKPOINT_PATH_KEY: checkpoint_path})
+        return
+    configure_ray_data()
     fitting.fit_phase(DISTILL, trial_config(cfg.distill, params), cfg, run_dir, STAGE,
                       trial_name(params), train=run_dir.output(stages.TEACHER_TARGETS, "train"),
                       validation=run_dir.output(stages.TEACHER_TARGETS, "validation"),

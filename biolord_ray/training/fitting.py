@@ -60,6 +60,22 @@ def fit_phase(phase: loop.Phase, tcfg: TrainConfig, cfg: PipelineConfig, run_dir
                     callbacks=callbacks)
 
 
+def finished_run(path: str, filesystem) -> list[tuple[dict, str]] | None:
+    """The Ray Train run at ``path``, if it trained to its last step: its kept checkpoints'
+    (metrics, path), in step order; None if it did not finish or never started."""
+    from ray.train import Result
+
+    try:
+        result = Result.from_path(path, storage_filesystem=filesystem)
+    except RuntimeError:  # no run there, or none that saved a checkpoint
+        return None
+    last = result.metrics or {}
+    if last.get("step", -1) < last.get("total_steps", float("inf")):
+        return None
+    return sorted(((metrics, checkpoint.path) for checkpoint, metrics in result.best_checkpoints),
+                  key=lambda kept: kept[0]["step"])
+
+
 def export_phase(result, tcfg: TrainConfig, run_dir: RunDir, staging: str, stage: str, *,
                  history_title: str, evaluate: Callable[[str], dict | None],
                  score_names: tuple[str, str], card: dict) -> tuple[list[dict], dict, dict]:

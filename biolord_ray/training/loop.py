@@ -9,7 +9,8 @@
 * rows stream in from the Ray Dataset shard (``get_dataset_shard``), tokenised by the phase's
   collate function in Ray's prefetch thread;
 * every ``checkpoint_every`` steps and at each epoch end the workers validate (validation loss
-  on all workers; the fast evaluation suite on rank 0, run on the model just exported) and
+  on all workers; the fast evaluation suite on rank 0, run on the model just exported, with
+  the threads of the node's other workers, which wait for it, when training on CPU) and
   save a checkpoint: every rank writes its DeepSpeed shard and rank 0 adds the exported
   sentence-transformers model (``model/``) and the loop state, all reported through
   ``ray.train.report``; Ray Train keeps the best ``keep_checkpoints`` by ``val_score``;
@@ -351,6 +352,7 @@ class _Run:
 
     def __init__(self, step: Step, tcfg: TrainConfig, config: dict, rank: int,
                  world_size: int):
+        import ray.train
         from ray.util.metrics import Gauge
 
         self.step, self.tcfg = step, tcfg
@@ -361,6 +363,7 @@ class _Run:
         self.has_validation = config["has_validation"]
         self.total_steps = config["total_steps"]
         self.rank, self.world_size, self.device = rank, world_size, step.device
+        self.local_world_size = ray.train.get_context().get_local_world_size()
         self.started = time.time()
         self.first_step = 0
         self.start_window()
@@ -453,10 +456,18 @@ class _Run:
             from biolord_ray.evaluation import main_score
             from biolord_ray.models.encode import Embedder, load_sentence_model
 
-            scored = load_sentence_model(model_dir, device=str(self.device))
-            # Encoded as it trains: under bf16 autocast when the forward pass runs in it.
-            results = self.suite.run(scored, Embedder(
-                scored, bf16_autocast=self.precision == "bf16-mixed"))
+            threads = torch.get_num_threads()
+            if not self.tcfg.use_gpu:
+                # The other workers on this node wait at the report's barrier while rank 0
+                # scores the suite: on CPU it borrows their threads.
+                torch.set_num_threads(threads * self.local_world_size)
+            try:
+                scored = load_sentence_model(model_dir, device=str(self.device))
+                # Encoded as it trains: under bf16 autocast when the forward pass runs in it.
+                results = self.suite.run(scored, Embedder(
+                    scored, bf16_autocast=self.precision == "bf16-mixed"))
+            finally:
+                torch.set_num_threads(threads)
             row.update({f"val/{name}": r[r["main_metric"]] for name, r in results.items()})
             row[SCORE] = main_score(results)
             del scored

@@ -58,13 +58,15 @@ def test_targets_grid_interrupted_and_resumed_then_soup(distill_cfg, tmp_path):
     first_trial = _interrupt_sweep_after_first_trial(cfg, tmp_path)
     finished_states = _checkpoint_states(first_trial)
     assert finished_states, "the first trial left no checkpoint"
+    snapshot = (first_trial / "checkpoint_manager_snapshot.json").read_text()
     # ... and resumed (Tuner.restore of the same experiment): only the unfinished trial trains.
     record = distill.run(cfg, run_dir)
     assert record["counts"]["trials"] == 2 and record["counts"]["failed_trials"] == 0
     assert len(list((Path(cfg.run_dir) / "_work" / distill.STAGE).glob("tune-*"))) == 1
-    # The finished trial was not trained again: its run only reported its final checkpoint
-    # once more (every checkpoint holds the same loop state).
+    # The finished trial was not trained again, nor its Train run started (a started run
+    # would have reported to its snapshot): Tune got the finished run's checkpoints.
     assert _checkpoint_states(first_trial) == finished_states
+    assert (first_trial / "checkpoint_manager_snapshot.json").read_text() == snapshot
     with open(run_dir.output(distill.STAGE, "trials")) as f:
         trials = list(csv.DictReader(f))
     assert sorted(t["trial"] for t in trials) == ["lr=0.0001_seed=0", "lr=0.0001_seed=1"]
