@@ -72,8 +72,7 @@ def ray_local():
     import ray
     import ray.data
 
-    from biolord_ray.runtime import (LOCAL_INSTANCE_ENV, SMALL_NODE_SYSTEM_CONFIG,
-                                     configure_ray_data)
+    from biolord_ray.runtime import LOCAL_INSTANCE_ENV, SMALL_NODE_SYSTEM_CONFIG, configure_ray_data
 
     if not ray.is_initialized():
         for key, value in LOCAL_INSTANCE_ENV.items():
