@@ -14,7 +14,7 @@ pipeline (a few short strings: about 40 MB per million concepts).
 Each lookup call hashes the whole small side (Arrow's ``index_in`` builds its set per call):
 with one call per block, as many blocks as the KG has rows times a set as large as the KG made
 the join quadratic (300k concepts: 85 ms of hashing per 19k-row block). Batches of at least as
-many rows as the small side keep the hashing under half of each call's work, so the cost per
+many rows as the small side make the hashing cost no more than the look-ups, so the cost per
 row stays flat as the KG grows; a batch is then about as large as the table every worker
 already holds.
 """
