@@ -290,7 +290,7 @@ def train_loop_per_worker(config: dict) -> None:
     step = build_step(phase, tcfg, models, device, world_size, total_steps)
     engine = step.engine
     loaded = time.time()
-    run = _Run(step, tcfg, config, rank, world_size)
+    run = _Run(step, tcfg, config, rank, world_size, context.get_local_world_size())
     run.print(f"worker ready in {time.time() - started:.1f} s (imports "
               f"{imported - started:.1f} s, model and DeepSpeed {loaded - imported:.1f} s)")
 
@@ -351,8 +351,7 @@ class _Run:
     """One worker's engine, data and bookkeeping (kept out of the loop body for reading)."""
 
     def __init__(self, step: Step, tcfg: TrainConfig, config: dict, rank: int,
-                 world_size: int):
-        import ray.train
+                 world_size: int, local_world_size: int):
         from ray.util.metrics import Gauge
 
         self.step, self.tcfg = step, tcfg
@@ -363,7 +362,7 @@ class _Run:
         self.has_validation = config["has_validation"]
         self.total_steps = config["total_steps"]
         self.rank, self.world_size, self.device = rank, world_size, step.device
-        self.local_world_size = ray.train.get_context().get_local_world_size()
+        self.local_world_size = local_world_size  # workers on this node, rank 0 included
         self.started = time.time()
         self.first_step = 0
         self.start_window()
