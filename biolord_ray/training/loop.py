@@ -7,7 +7,7 @@
   (WarmupDecayLR), ZeRO, bf16 or mixed precision, gradient accumulation and clipping, all
   from the config;
 * rows stream in from the Ray Dataset shard (``get_dataset_shard``), tokenised by the phase's
-  collate function in Ray's prefetch thread;
+  collate function; where the loss allows, micro-batches are grouped by text length;
 * every ``checkpoint_every`` steps and at each epoch end the workers validate (validation loss
   on all workers; the fast evaluation suite on rank 0, run on the model just exported, with
   the threads of the node's other workers, which wait for it at the report, on CPU) and
@@ -58,6 +58,10 @@ class Phase:
     # Score the base model before training (step 0 of the history). The distillation grid
     # turns it off: every trial starts from the same base model, scored once by the driver.
     validate_base: bool = True
+    # The text column by whose length micro-batches are grouped (``micro_batches``), or
+    # None. Only for losses where a row's loss does not depend on the other rows of its
+    # batch: regression onto targets, not the contrastive loss's in-batch negatives.
+    group_by_length: str | None = None
 
 
 @dataclass
@@ -323,9 +327,8 @@ def train_loop_per_worker(config: dict) -> None:
             break
         skip = state.micro_batch if epoch == state.epoch else 0
         state.epoch, state.micro_batch = epoch, 0
-        batches = train_shard.iter_torch_batches(
-            batch_size=tcfg.batch_size, drop_last=True, collate_fn=step.collate,
-            local_shuffle_buffer_size=tcfg.batch_size * 8, local_shuffle_seed=tcfg.seed + epoch)
+        batches = micro_batches(train_shard, tcfg, step.collate, tcfg.seed + epoch,
+                                phase.group_by_length)
         for batch in run.timed(batches):
             state.micro_batch += 1
             if state.micro_batch <= skip:
@@ -345,6 +348,40 @@ def train_loop_per_worker(config: dict) -> None:
             state.epoch, state.micro_batch = epoch + 1, 0
             if not state.history or state.history[-1]["step"] != state.step:
                 run.checkpoint(state, resumed_from)
+
+
+# Micro-batches sorted by length together (HF Trainer's ``group_by_length`` megabatches).
+LENGTH_GROUP_BATCHES = 8
+
+
+def micro_batches(shard, tcfg: TrainConfig, collate: Callable, seed: int,
+                  length_column: str | None):
+    """One epoch of a worker's collated micro-batches of ``tcfg.batch_size`` rows, locally
+    shuffled, the last partial one dropped (every worker runs the same number of steps).
+
+    With ``length_column``, rows come ``LENGTH_GROUP_BATCHES`` micro-batches at a time, are
+    sorted by that column's length (characters stand in for tokens) and cut into
+    micro-batches, which are trained on in a seeded random order. A batch pads to its
+    longest text; on the embedded default's distillation texts (names of a few tokens,
+    definitions up to ``max_seq_length``) a mixed batch of 32 held about 1,800 tokens with
+    padding and a grouped one about 700, and a step took half the time. Ray Data and
+    sentence-transformers have no length-grouped batching for a streamed dataset, hence this.
+    """
+    shuffle = {"local_shuffle_buffer_size": tcfg.batch_size * LENGTH_GROUP_BATCHES,
+               "local_shuffle_seed": seed}
+    if length_column is None:
+        yield from shard.iter_torch_batches(batch_size=tcfg.batch_size, drop_last=True,
+                                            collate_fn=collate, **shuffle)
+        return
+    order_rng = np.random.default_rng(seed)
+    for group in shard.iter_batches(batch_size=tcfg.batch_size * LENGTH_GROUP_BATCHES,
+                                    batch_format="numpy", **shuffle):
+        # Whole micro-batches only (the rows left over were shuffled: a random remainder).
+        kept = len(group[length_column]) // tcfg.batch_size * tcfg.batch_size
+        lengths = np.array([len(text) for text in group[length_column][:kept]])
+        by_length = np.argsort(lengths, kind="stable").reshape(-1, tcfg.batch_size)
+        for rows in by_length[order_rng.permutation(len(by_length))]:
+            yield collate({column: values[rows] for column, values in group.items()})
 
 
 class _Run:

@@ -52,5 +52,6 @@ def target_collate(model):
 
 
 CONTRASTIVE = Phase("contrastive", contrastive_loss, pair_collate)
-DISTILL = Phase("distill", regression_loss, target_collate, validate_base=False)
-MULTILINGUAL = Phase("multilingual", regression_loss, target_collate)
+DISTILL = Phase("distill", regression_loss, target_collate, validate_base=False,
+                group_by_length="text")
+MULTILINGUAL = Phase("multilingual", regression_loss, target_collate, group_by_length="text")

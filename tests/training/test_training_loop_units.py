@@ -1,6 +1,8 @@
 """The training loop's arithmetic (training/loop.py), worked out by hand: how many optimiser
-steps a run plans and the DeepSpeed config it builds. Pure functions: no Ray, no model."""
+steps a run plans and the DeepSpeed config it builds (pure functions: no Ray, no model), and
+how a worker's rows become micro-batches (a real Ray Dataset)."""
 
+import numpy as np
 import pytest
 
 from biolord_ray.config import TrainConfig
@@ -101,3 +103,34 @@ def test_deepspeed_overrides_merge_into_nested_sections():
     assert tcfg.deepspeed == {"zero_optimization": {"offload_optimizer": {"device": "cpu"}},
                               "scheduler": {"params": {"warmup_num_steps": 7}},
                               "gradient_clipping": 0.0, "wall_clock_breakdown": True}
+
+
+def test_length_grouped_micro_batches_keep_rows_whole_and_pad_less(ray_local):
+    """Grouped by length, an epoch has the same number of whole micro-batches as without
+    (the last partial one dropped), each row at most once and with its own target, and a
+    batch's longest text (what it pads to) is shorter."""
+    import ray.data
+
+    lengths = np.random.default_rng(0).choice([3, 5, 8, 40, 60], size=203)
+    rows = [{"text": "x" * int(n), "target": np.full(4, n, np.float32)} for n in lengths]
+    tcfg = _tcfg(batch_size=8)
+    dataset = ray.data.from_items(rows, override_num_blocks=3)
+    epochs = {column: [b for b in loop.micro_batches(dataset, tcfg, lambda b: b, 7, column)]
+              for column in (None, "text")}
+    for column, batches in epochs.items():
+        assert len(batches) == 203 // 8, column
+        assert all(len(b["text"]) == 8 for b in batches), column
+        texts = [t for b in batches for t in b["text"]]
+        targets = np.concatenate([np.asarray(b["target"])[:, 0] for b in batches])
+        assert [len(t) for t in texts] == targets.tolist(), column  # rows stay whole
+    # Every kept row once: at most 7 of the 203 dropped, none duplicated (texts repeat, so
+    # count each length).
+    kept = np.concatenate([[len(t) for t in b["text"]] for b in epochs["text"]])
+    for n in np.unique(lengths):
+        assert 0 <= (lengths == n).sum() - (kept == n).sum() <= 7
+    padded = {column: sum(8 * max(len(t) for t in b["text"]) for b in batches)
+              for column, batches in epochs.items()}
+    assert padded["text"] < 0.7 * padded[None], padded
+    # The same seed, the same batches (a resumed run skips the ones it trained on).
+    again = list(loop.micro_batches(dataset, tcfg, lambda b: b, 7, "text"))
+    assert [list(b["text"]) for b in again] == [list(b["text"]) for b in epochs["text"]]
