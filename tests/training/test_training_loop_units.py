@@ -112,22 +112,22 @@ def test_length_grouped_micro_batches_keep_rows_whole_and_pad_less(ray_local):
     import ray.data
 
     lengths = np.random.default_rng(0).choice([3, 5, 8, 40, 60], size=203)
-    rows = [{"text": "x" * int(n), "target": np.full(4, n, np.float32)} for n in lengths]
+    # Each text distinct (its row number, then padding to its length); the target names both.
+    rows = [{"text": f"{i:03d}".ljust(int(n), "x"), "target": np.array([i, n], np.float32)}
+            for i, n in enumerate(lengths)]
     tcfg = _tcfg(batch_size=8)
     dataset = ray.data.from_items(rows, override_num_blocks=3)
-    epochs = {column: [b for b in loop.micro_batches(dataset, tcfg, lambda b: b, 7, column)]
+    epochs = {column: list(loop.micro_batches(dataset, tcfg, lambda b: b, 7, column))
               for column in (None, "text")}
     for column, batches in epochs.items():
         assert len(batches) == 203 // 8, column
         assert all(len(b["text"]) == 8 for b in batches), column
         texts = [t for b in batches for t in b["text"]]
-        targets = np.concatenate([np.asarray(b["target"])[:, 0] for b in batches])
-        assert [len(t) for t in texts] == targets.tolist(), column  # rows stay whole
-    # Every kept row once: at most 7 of the 203 dropped, none duplicated (texts repeat, so
-    # count each length).
-    kept = np.concatenate([[len(t) for t in b["text"]] for b in epochs["text"]])
-    for n in np.unique(lengths):
-        assert 0 <= (lengths == n).sum() - (kept == n).sum() <= 7
+        targets = np.concatenate([np.asarray(b["target"]) for b in batches])
+        # Rows stay whole: each text with its own target.
+        assert [[int(t[:3]), len(t)] for t in texts] == targets.astype(int).tolist(), column
+        # Every kept row once: 200 distinct of the 203, the other 3 dropped.
+        assert len(set(texts)) == len(texts) == 200, column
     padded = {column: sum(8 * max(len(t) for t in b["text"]) for b in batches)
               for column, batches in epochs.items()}
     assert padded["text"] < 0.7 * padded[None], padded
