@@ -419,6 +419,9 @@ class TargetsConfig:
     # run_dir.ROWS_PER_PARTITION; Ray's default of 200 is tuned for clusters, each partition
     # is a task).
     shuffle_partitions: int = 4
+    # Fewer pairs (both splits) than this are encoded in the calling process instead, as
+    # eval.ray_min_texts: a few thousand texts take seconds, starting encoder actors longer.
+    ray_min_pairs: int = 20_000
 
     def check(self, key: str, origins: dict[str, str]) -> None:
         if self.max_concepts is not None and self.max_concepts < 1:

@@ -14,9 +14,11 @@ log = logging.getLogger(__name__)
 
 # Where an exported model lives inside a platform checkpoint or stage output directory.
 EXPORT_SUBDIR = "model"
-# Texts per call of an encoder actor: the encoder sorts a call's texts by length before
-# batching, so large calls pad far less.
-ENCODER_CALL_TEXTS = 2048
+# Texts per call of an encoder actor. sentence-transformers sorts a call's texts by length
+# before batching, and a batch costs its longest text times its size: the fewer calls, the
+# fewer batches padded to a long definition. The embedded default's 3,207 teacher texts on
+# one CPU thread: 39 s in calls of 512, 23 s of 2048, 20 s in one call.
+ENCODER_CALL_TEXTS = 8192
 
 
 def sentence_model_dir(spec: str, cache_dir: str | None = None,
@@ -90,7 +92,7 @@ class Embedder:
         ds = ds.repartition(max(self.concurrency * 4, len(texts) // 20_000))
         out = encoder_pool(ds, self.model_dir, batch_size=self.batch_size,
                            concurrency=self.concurrency, num_gpus=self.num_gpus,
-                           rows_per_call=max(self.batch_size * 8, 256),
+                           rows_per_call=ENCODER_CALL_TEXTS,
                            bf16_autocast=self.bf16_autocast)
         vectors = np.empty((len(texts), self.model.get_embedding_dimension()),
                            dtype=np.float32)

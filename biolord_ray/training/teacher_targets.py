@@ -7,7 +7,8 @@ mean of those embeddings, and every one of those texts gets it as its regression
 A Ray Data pipeline, streaming on any cluster size, both splits at once:
 pairs -> hash-partitioned by concept (one shuffle) -> one row per concept with its distinct
 texts -> teacher encoder actors (``map_batches``: each call gets whole concepts, so it
-averages them itself) -> Parquet, per split (train, validation).
+averages them itself) -> Parquet, per split (train, validation). Inputs under
+``targets.ray_min_pairs`` pairs go through the same grouping and encoder in the driver.
 """
 
 from __future__ import annotations
@@ -35,10 +36,9 @@ from biolord_ray.stage_outputs import SPLITS, targets_teacher_dir
 log = logging.getLogger(__name__)
 
 STAGE = stages.TEACHER_TARGETS
-# Concepts per encoder call (about 4 texts each). sentence-transformers sorts each call's
-# texts by length before batching, so large calls pad far less: 2048 texts per call encoded
-# 1.9x faster than 256 on the embedded default.
-CONCEPTS_PER_CALL = 512
+# Concepts per encoder call (about 4 texts each, so about ENCODER_CALL_TEXTS texts): see
+# there why calls are large.
+CONCEPTS_PER_CALL = 2048
 
 
 def target_schema(dim: int) -> pa.Schema:
@@ -57,35 +57,29 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
-    import ray.data
-    from ray.data.expressions import col
+    import pyarrow.parquet as pq
 
-    check_room_for_shuffles(cfg.targets)
     model_dir = targets_teacher_dir(cfg, run_dir)
     fs = run_dir.fs
+    paths = {split: run_dir.output(stages.BUILD_PAIRS, split) for split in SPLITS}
+    sizes = {split: count_rows(path, fs) for split, path in paths.items()}
+    if sizes["train"] == 0:
+        raise ValueError(f"{paths['train']}: no training pairs, nothing to distill")
+    paths = {split: path for split, path in paths.items() if sizes[split]}
+    if sum(sizes.values()) < cfg.targets.ray_min_pairs:
+        # A few thousand pairs encode in seconds here; encoder actors would first need a
+        # shuffle and a process that imports the ML stack and loads the model (about 20 s).
+        pairs = pa.concat_tables(
+            _tagged(_sampled(pq.read_table(path, filesystem=fs), cfg.targets), split)
+            for split, path in paths.items())
+        targets = targets_in_process(pairs, model_dir, cfg.targets)
+        write = _write_table
+    else:
+        targets = _targets_on_ray(paths, fs, model_dir, cfg.targets, sum(sizes.values()))
+        write = _write_dataset
     counts = {"teacher": model_dir}
-    splits, rows = [], 0
     for split in SPLITS:
-        path = run_dir.output(stages.BUILD_PAIRS, split)
-        n_pairs = count_rows(path, fs)
-        rows += n_pairs
-        if n_pairs == 0:
-            if split == "train":
-                raise ValueError(f"{path}: no training pairs, nothing to distill")
-            continue
-        source = ray.data.read_parquet(path, filesystem=fs)
-        if cfg.targets.max_concepts is not None:
-            source = _sampled_concepts(source, path, fs, cfg.targets)
-        splits.append(source.map_batches(_tagged, batch_format="pyarrow",
-                                         fn_kwargs={"split": split}))
-    # Both splits in one pass: one shuffle and one start of the encoder actors. Materialised
-    # (spilled to disk when large) so that writing each split reads it, not the pipeline.
-    targets = teacher_targets(splits[0].union(*splits[1:]), model_dir, cfg.targets, rows) \
-        .materialize()
-    schema = target_schema(targets.schema().base_schema.field("target").type.list_size)
-    for split in SPLITS:
-        rows = targets.filter(expr=col("split") == split).drop_columns(["split"])
-        write_parquet(rows, f"{staging}/{split}", fs, schema)
+        write(targets, split, f"{staging}/{split}", fs)
         counts[f"{split}_texts"] = count_rows(f"{staging}/{split}", fs)
         counts[f"{split}_concepts"] = count_distinct(f"{staging}/{split}", fs, "concept_id")
         log.info("%s: %d texts of %d concepts", split, counts[f"{split}_texts"],
@@ -93,24 +87,76 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     return StageOutputs(outputs={s: s for s in SPLITS}, counts=counts)
 
 
+def _targets_on_ray(paths: dict[str, str], fs, model_dir: str, tcfg, rows: int):
+    import ray.data
+
+    check_room_for_shuffles(tcfg)
+    splits = []
+    for split, path in paths.items():
+        source = ray.data.read_parquet(path, filesystem=fs)
+        if tcfg.max_concepts is not None:
+            source = source.map_batches(_kept, batch_format="pyarrow", fn_kwargs={
+                "chosen": sampled_concept_ids(path, fs, tcfg)})
+        splits.append(source.map_batches(_tagged, batch_format="pyarrow",
+                                         fn_kwargs={"split": split}))
+    # Both splits in one pass: one shuffle and one start of the encoder actors. Materialised
+    # (spilled to disk when large) so that writing each split reads it, not the pipeline.
+    return teacher_targets(splits[0].union(*splits[1:]), model_dir, tcfg, rows).materialize()
+
+
+def _write_dataset(targets, split: str, path: str, fs) -> None:
+    from ray.data.expressions import col
+
+    schema = target_schema(targets.schema().base_schema.field("target").type.list_size)
+    write_parquet(targets.filter(expr=col("split") == split).drop_columns(["split"]),
+                  path, fs, schema)
+
+
+def _write_table(targets: pa.Table, split: str, path: str, fs) -> None:
+    import pyarrow.parquet as pq
+
+    fs.create_dir(path)
+    rows = targets.filter(pc.equal(targets["split"], split)).drop_columns(["split"])
+    pq.write_table(rows.cast(target_schema(rows.schema.field("target").type.list_size)),
+                   f"{path}/targets.parquet", filesystem=fs)
+
+
+def targets_in_process(pairs: pa.Table, model_dir: str, tcfg) -> pa.Table:
+    """``teacher_targets`` in this process, for inputs of a few thousand pairs: the same
+    grouping and encoder, one call over every text (sorted by length as a whole)."""
+    return TargetEncoder(model_dir, tcfg.batch_size)(concept_texts(pairs, _kinds(tcfg)))
+
+
 def _tagged(batch: pa.Table, split: str) -> pa.Table:
     return batch.select(["concept_id", "anchor", "positive", "kind"]).append_column(
         "split", pa.array([split] * batch.num_rows, pa.string()))
 
 
-def _sampled_concepts(pair_rows, path: str, fs, tcfg):
-    """The pairs of ``tcfg.max_concepts`` concepts, those with the lowest seeded hash of their
-    id (``keys.draw``): a sample spread over the whole KG, the same on every rerun."""
+def sampled_concept_ids(path: str, fs, tcfg) -> pa.Array:
+    """The ids of ``tcfg.max_concepts`` concepts of the pairs at ``path``, those with the
+    lowest seeded hash of their id (``keys.draw``): a sample spread over the whole KG, the
+    same on every rerun."""
     import pyarrow.parquet as pq
 
+    ids = pq.read_table(path, filesystem=fs, columns=["concept_id"])["concept_id"]
+    return _lowest_draws(ids, tcfg)
+
+
+def _lowest_draws(ids, tcfg) -> pa.Array:
     from biolord_ray.keys import draw
 
-    ids = pc.unique(pq.read_table(path, filesystem=fs, columns=["concept_id"])["concept_id"])
-    chosen = pa.array(sorted(ids.to_pylist(), key=lambda c: draw(tcfg.seed, c))
-                      [:tcfg.max_concepts], pa.string())
-    return pair_rows.map_batches(lambda batch: batch.filter(pc.is_in(batch["concept_id"],
-                                                                     value_set=chosen)),
-                                 batch_format="pyarrow")
+    return pa.array(sorted(pc.unique(ids).to_pylist(), key=lambda c: draw(tcfg.seed, c))
+                    [:tcfg.max_concepts], pa.string())
+
+
+def _sampled(pairs: pa.Table, tcfg) -> pa.Table:
+    if tcfg.max_concepts is None:
+        return pairs
+    return _kept(pairs, _lowest_draws(pairs["concept_id"], tcfg))
+
+
+def _kept(batch: pa.Table, chosen: pa.Array) -> pa.Table:
+    return batch.filter(pc.is_in(batch["concept_id"], value_set=chosen))
 
 
 def check_room_for_shuffles(tcfg) -> None:
@@ -133,16 +179,19 @@ def teacher_targets(pair_rows, model_dir: str, tcfg, rows: int | None = None):
     (sizes the shuffle; counted if not given)."""
     from biolord_ray.models.encode import encoder_pool
 
-    kinds = ["definition", "description"] if tcfg.include_descriptions else ["definition"]
     rows = pair_rows.count() if rows is None else rows
     texts = pair_rows.repartition(shuffle_partitions(rows, tcfg.shuffle_partitions),
                                   keys=["concept_id"]) \
         .map_batches(concept_texts, batch_size=None, batch_format="pyarrow",
-                     fn_kwargs={"kinds": kinds})
+                     fn_kwargs={"kinds": _kinds(tcfg)})
     return encoder_pool(texts, model_dir, batch_size=tcfg.batch_size,
                         concurrency=tcfg.concurrency, num_gpus=tcfg.num_gpus,
                         rows_per_call=CONCEPTS_PER_CALL, actor=TargetEncoder,
                         batch_format="pyarrow")
+
+
+def _kinds(tcfg) -> list[str]:
+    return ["definition", "description"] if tcfg.include_descriptions else ["definition"]
 
 
 def concept_texts(block: pa.Table, kinds: list[str]) -> pa.Table:

@@ -21,8 +21,9 @@ def _minilm_dir() -> str:
     return sentence_model_dir("packaged:all-MiniLM-L6-v2")
 
 
-def test_targets_are_the_normalised_mean_of_names_and_definitions(ray_local):
-    import ray.data
+def test_targets_are_the_normalised_mean_of_names_and_definitions(ray_local, tmp_path):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
     from sentence_transformers import SentenceTransformer
 
     pairs = pa.table({
@@ -38,8 +39,25 @@ def test_targets_are_the_normalised_mean_of_names_and_definitions(ray_local):
         "source": ["HPO", "kg", "HPO", "kg", "HPO", "HPO"],
     })
     model_dir = _minilm_dir()
-    rows = teacher_targets.teacher_targets(ray.data.from_arrow(pairs), model_dir,
-                                   TargetsConfig()).to_pandas()
+    # The stage's Ray Data path, HP:1 in the training split and HP:2 in the validation one,
+    # each split capped at its one concept.
+    paths = {}
+    for split, concept in (("train", "HP:1"), ("validation", "HP:2")):
+        paths[split] = str(tmp_path / split)
+        os.makedirs(paths[split])
+        pq.write_table(pairs.filter(pc.equal(pairs["concept_id"], concept)),
+                       f"{paths[split]}/pairs.parquet")
+    rows = teacher_targets._targets_on_ray(paths, RunDir(str(tmp_path)).fs, model_dir,
+                                           TargetsConfig(max_concepts=1), len(pairs)).to_pandas()
+    assert set(zip(rows["split"], rows["concept_id"], strict=True)) == {
+        ("train", "HP:1"), ("validation", "HP:2")}
+    # Small inputs are encoded in the calling process: the same rows.
+    local = teacher_targets.targets_in_process(pairs, model_dir, TargetsConfig()).to_pandas()
+    assert sorted(local["text"]) == sorted(rows["text"])
+    for text, target in zip(local["text"], local["target"], strict=True):
+        np.testing.assert_allclose(np.asarray(target),
+                                   np.asarray(rows.loc[rows["text"] == text, "target"].iloc[0]),
+                                   atol=1e-5)
 
     # Each distinct name and definition once; KG descriptions left out by default; a
     # definition equal to a name counts once, as the name.
@@ -58,9 +76,8 @@ def test_targets_are_the_normalised_mean_of_names_and_definitions(ray_local):
             np.testing.assert_allclose(np.asarray(target), expected, atol=1e-5)
 
 
-def test_a_target_cap_keeps_the_pairs_of_the_lowest_drawn_concepts(ray_local, tmp_path):
+def test_a_target_cap_keeps_the_pairs_of_the_lowest_drawn_concepts(tmp_path):
     import pyarrow.parquet as pq
-    import ray.data
 
     from biolord_ray.keys import draw
 
@@ -69,12 +86,14 @@ def test_a_target_cap_keeps_the_pairs_of_the_lowest_drawn_concepts(ray_local, tm
                       "kind": ["definition"] * 60, "source": ["HPO"] * 60})
     pq.write_table(table, tmp_path / "pairs.parquet")
     tcfg = TargetsConfig(max_concepts=5, seed=3)
-    kept = teacher_targets._sampled_concepts(ray.data.from_arrow(table),
-                                             str(tmp_path / "pairs.parquet"),
-                                             RunDir(str(tmp_path)).fs, tcfg).to_pandas()
+    chosen = teacher_targets.sampled_concept_ids(str(tmp_path / "pairs.parquet"),
+                                                 RunDir(str(tmp_path)).fs, tcfg)
     expected = sorted({*ids}, key=lambda c: draw(3, c))[:5]
-    assert sorted(set(kept["concept_id"])) == sorted(expected)
-    assert len(kept) == 15  # every pair of a kept concept
+    assert sorted(chosen.to_pylist()) == sorted(expected)
+    # The in-process path draws the same concepts, and keeps every pair of each (3).
+    kept = teacher_targets._sampled(table, tcfg)
+    assert sorted(set(kept["concept_id"].to_pylist())) == sorted(expected)
+    assert kept.num_rows == 15
 
 
 def test_cpu_encoder_actors_must_leave_a_cpu_for_the_shuffle(ray_local):
