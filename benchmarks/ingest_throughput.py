@@ -323,6 +323,13 @@ def _start_ray(num_cpus: int):
     from biolord_ray.runtime import configure_ray_data
 
     configure_ray_data(progress_bars=False)
+    return ray, object_store_probe()
+
+
+def object_store_probe():
+    """A function returning (bytes used, bytes spilled) of the running Ray's object store,
+    for ``MemorySampler(store_fn=...)``."""
+    import ray
     from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
     state = get_state_from_address(ray.get_runtime_context().gcs_address)
@@ -331,7 +338,7 @@ def _start_ray(num_cpus: int):
         st = get_memory_info_reply(state, timeout_seconds=5).store_stats
         return st.object_store_bytes_used, st.spilled_bytes_total
 
-    return ray, store_fn
+    return store_fn
 
 
 def _parquet_rows(out_dir: str) -> tuple[int, int]:

@@ -57,7 +57,7 @@ def bare_read_seconds(meta: Path) -> float:
 
 def child(meta: Path, run_root: Path, concepts: int) -> dict:
     """The stages on one release, in this (fresh) process."""
-    from ingest_throughput import MIB, MemorySampler
+    from ingest_throughput import MIB, MemorySampler, object_store_probe
 
     from biolord_ray.config import load_config
     from biolord_ray.definitions import generate
@@ -72,7 +72,7 @@ def child(meta: Path, run_root: Path, concepts: int) -> dict:
                              f"run_dir={run_root}", "pairs.generated_definitions=false"])
     run_dir = RunDir(cfg.run_dir)
     init_ray(cfg.ray)
-    sampler = MemorySampler(pss_interval=1.0)
+    sampler = MemorySampler(pss_interval=1.0, store_fn=object_store_probe())
     sampler.start()
     steps = {
         "ingest_kg": lambda: ingest.run(cfg, run_dir),
@@ -90,9 +90,18 @@ def child(meta: Path, run_root: Path, concepts: int) -> dict:
         window = [s for s in sampler.pss_series
                   if started - sampler.t0 <= s["t"] <= ended - sampler.t0]
         seconds = ended - started
-        result["stages"][name] = {"seconds": round(seconds, 1),
-                                  "ms_per_concept": 1000 * seconds / concepts,
-                                  "peak_mib": max(s["pss"] for s in window) / MIB}
+        peak = max(window, key=lambda s: s["pss"])
+        store = [used for t, used, _ in sampler.store_series
+                 if started - sampler.t0 <= t <= ended - sampler.t0]
+        # Where the peak is: the driver, Ray's workers (object store pages they map
+        # included), Ray's own processes; and how many workers were alive.
+        result["stages"][name] = {
+            "seconds": round(seconds, 1), "ms_per_concept": 1000 * seconds / concepts,
+            "peak_mib": peak["pss"] / MIB,
+            "at_peak_mib": {k: round(peak[f"pss_{k}"] / MIB)
+                            for k in ("driver", "workers", "ray_system")},
+            "workers_at_peak": peak["n_workers"],
+            "object_store_peak_mib": round(max(store, default=0) / MIB)}
         print(json.dumps({name: result["stages"][name]}), flush=True)
     sampler.stop()
     counts = run_dir.completed(ingest.STAGE)["counts"]

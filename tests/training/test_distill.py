@@ -30,9 +30,6 @@ def distill_cfg(hpo_run):
     pairs.run(cfg, run_dir)
     # The base model as its own teacher: real targets without training a contrastive model.
     cfg.targets.teacher = "packaged:all-MiniLM-L6-v2"
-    # The stage's Ray Data path (encoder actors); smaller inputs, as in the end-to-end
-    # tests, are encoded in process.
-    cfg.targets.ray_min_pairs = 0
     t = cfg.distill
     t.batch_size, t.max_steps, t.checkpoint_every, t.log_every = 16, 4, 4, 2
     t.validation_suites = ["kg"]

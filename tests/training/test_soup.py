@@ -47,10 +47,15 @@ def test_targets_are_the_normalised_mean_of_names_and_definitions(ray_local, tmp
         os.makedirs(paths[split])
         pq.write_table(pairs.filter(pc.equal(pairs["concept_id"], concept)),
                        f"{paths[split]}/pairs.parquet")
-    rows = teacher_targets._targets_on_ray(paths, RunDir(str(tmp_path)).fs, model_dir,
-                                           TargetsConfig(max_concepts=1), len(pairs)).to_pandas()
-    assert set(zip(rows["split"], rows["concept_id"], strict=True)) == {
-        ("train", "HP:1"), ("validation", "HP:2")}
+    fs = RunDir(str(tmp_path)).fs
+    targets = teacher_targets._targets_on_ray(paths, fs, model_dir,
+                                              TargetsConfig(max_concepts=1), len(pairs))
+    for split, concept in (("train", "HP:1"), ("validation", "HP:2")):
+        teacher_targets._write_dataset(targets, split, str(tmp_path / "out" / split), fs)
+        written = pq.read_table(tmp_path / "out" / split)
+        assert written.schema.equals(teacher_targets.target_schema(384))
+        assert set(written["concept_id"].to_pylist()) == {concept}
+    rows = targets.to_pandas()
     # Small inputs are encoded in the calling process: the same rows.
     local = teacher_targets.targets_in_process(pairs, model_dir, TargetsConfig()).to_pandas()
     assert sorted(local["text"]) == sorted(rows["text"])
