@@ -32,6 +32,7 @@ from biolord_ray.run_dir import (
 )
 from biolord_ray.stage_outputs import (
     GENERATED_DEFINITION_SOURCE,
+    SPLITS,
     english_concepts,
     english_names,
     read_definitions,
@@ -99,6 +100,7 @@ def make_pairs(batch: pa.Table, max_per_concept: int, seed: int,
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import ray.data
+    from ray.data.expressions import col
 
     pcfg, fs, parts = cfg.pairs, run_dir.fs, cfg.kg.shuffle_partitions
     concepts = english_concepts(run_dir)
@@ -116,23 +118,32 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
         "max_per_concept": pcfg.max_pairs_per_concept, "seed": pcfg.seed,
         "use_descriptions": pcfg.descriptions})
     # Materialised once: both splits read it (lazily, the joins above would run twice).
-    pairs = _without_held_out(pairs, run_dir).materialize()
-    in_validation = _validation_filter(pcfg.validation_fraction, pcfg.seed)
-    split = {"train": pairs.filter(lambda r: not in_validation(r["concept_id"])),
-             "validation": pairs.filter(lambda r: in_validation(r["concept_id"]))}
-    for name, ds in split.items():
+    pairs = _without_held_out(pairs, run_dir).map_batches(
+        with_split, batch_format="pyarrow",
+        fn_kwargs={"fraction": pcfg.validation_fraction, "seed": pcfg.seed}).materialize()
+    for name in SPLITS:
+        ds = pairs.filter(expr=col("split") == name).drop_columns(["split"])
         write_parquet(ds.random_shuffle(seed=pcfg.seed), f"{staging}/{name}", fs, PAIR_SCHEMA,
                       cfg.kg.rows_per_file)
     counts = {}
-    for name in split:
+    for name in SPLITS:
         counts[f"{name}_pairs"] = count_rows(f"{staging}/{name}", fs)
         counts[f"{name}_concepts"] = count_distinct(f"{staging}/{name}", fs, "concept_id")
     log.info("build_pairs: %s", counts)
     return StageOutputs(outputs={"train": "train", "validation": "validation"}, counts=counts)
 
 
-def _validation_filter(fraction: float, seed: int):
-    return lambda concept_id: keys.draw(seed, concept_id, "validation") < fraction
+def with_split(batch: pa.Table, fraction: float, seed: int) -> pa.Table:
+    """Adds ``split``: "validation" for the pairs of a ``fraction`` of the concepts (drawn
+    per concept: no concept on both sides), else "train". One draw per concept of the batch,
+    not per pair."""
+    import pyarrow.compute as pc
+
+    concepts = pc.unique(batch["concept_id"]).to_pylist()
+    held = pa.array([c for c in concepts if keys.draw(seed, c, "validation") < fraction],
+                    pa.string())
+    return batch.append_column("split", pc.if_else(
+        pc.is_in(batch["concept_id"], value_set=held), "validation", "train"))
 
 
 def _without_held_out(pairs, run_dir: RunDir):
