@@ -28,7 +28,8 @@ MINILM = "packaged:all-MiniLM-L6-v2"
 
 @pytest.fixture(scope="module")
 def umls_run(tmp_path_factory, ray_local):
-    """The fixture release ingested with its names in six languages (Italian included)."""
+    """The fixture release ingested with its names in six languages (Italian included), and
+    its evaluation sets (which the multilingual stages read)."""
     path = tmp_path_factory.mktemp("multilingual")
     cfg = load_config(None, [
         "kg.format=umls", f"kg.path={UMLS}", "kg.max_concepts=null", "kg.shuffle_partitions=2",
@@ -36,6 +37,7 @@ def umls_run(tmp_path_factory, ray_local):
         f"multilingual.teacher={MINILM}"])
     run_dir = RunDir(cfg.run_dir)
     ingest.run(cfg, run_dir)
+    eval_sets.run(cfg, run_dir)
     return cfg, run_dir
 
 
@@ -72,7 +74,6 @@ def test_english_phases_leave_out_concepts_without_an_english_name(umls_run):
     assert counts["concepts_without_english_name"] == 1
     english = {r["concept_id"] for r in stage_outputs.english_concepts(run_dir).take_all()}
     assert len(english) == counts["concepts"] - 1 and "C9999999" not in english
-    eval_sets.run(cfg, run_dir)  # evaluation sets, as the English phases read the KG
     names = pq.read_table(run_dir.output(eval_sets.STAGE, "names"))
     assert "C9999999" not in names["concept_id"].to_pylist()
     assert set(names["concept_id"].to_pylist()) <= english
