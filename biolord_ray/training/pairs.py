@@ -28,7 +28,7 @@ from biolord_ray.run_dir import (
     count_distinct,
     count_rows,
     run_stage,
-    write_parquet,
+    shuffle_partitions,
 )
 from biolord_ray.stage_outputs import (
     GENERATED_DEFINITION_SOURCE,
@@ -100,7 +100,6 @@ def make_pairs(batch: pa.Table, max_per_concept: int, seed: int,
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     import ray.data
-    from ray.data.expressions import col
 
     pcfg, fs, parts = cfg.pairs, run_dir.fs, cfg.kg.shuffle_partitions
     concepts = english_concepts(run_dir)
@@ -117,14 +116,14 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     pairs = rows.map_batches(make_pairs, batch_size=BATCH_ROWS, batch_format="pyarrow", fn_kwargs={
         "max_per_concept": pcfg.max_pairs_per_concept, "seed": pcfg.seed,
         "use_descriptions": pcfg.descriptions})
-    # Materialised once: both splits read it (lazily, the joins above would run twice).
+    # Buckets of at most ROWS_PER_PARTITION pairs (what one shuffle task holds), counting the
+    # most pairs every concept of the KG could give.
+    kg_concepts = run_dir.completed(stages.INGEST_KG)["counts"]["concepts"]
+    buckets = shuffle_partitions(kg_concepts * pcfg.max_pairs_per_concept, 1)
     pairs = _without_held_out(pairs, run_dir).map_batches(
         with_split, batch_format="pyarrow",
-        fn_kwargs={"fraction": pcfg.validation_fraction, "seed": pcfg.seed}).materialize()
-    for name in SPLITS:
-        ds = pairs.filter(expr=col("split") == name).drop_columns(["split"])
-        write_parquet(ds.random_shuffle(seed=pcfg.seed), f"{staging}/{name}", fs, PAIR_SCHEMA,
-                      cfg.kg.rows_per_file)
+        fn_kwargs={"fraction": pcfg.validation_fraction, "seed": pcfg.seed, "buckets": buckets})
+    write_shuffled_splits(pairs, staging, fs, pcfg.seed)
     counts = {}
     for name in SPLITS:
         counts[f"{name}_pairs"] = count_rows(f"{staging}/{name}", fs)
@@ -133,17 +132,61 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     return StageOutputs(outputs={"train": "train", "validation": "validation"}, counts=counts)
 
 
-def with_split(batch: pa.Table, fraction: float, seed: int) -> pa.Table:
+def with_split(batch: pa.Table, fraction: float, seed: int, buckets: int) -> pa.Table:
     """Adds ``split``: "validation" for the pairs of a ``fraction`` of the concepts (drawn
-    per concept: no concept on both sides), else "train". One draw per concept of the batch,
-    not per pair."""
+    per concept: no concept on both sides), else "train"; and ``bucket``, a seeded draw of
+    the concept among ``buckets``. One draw of each per concept of the batch, not per pair."""
+    import numpy as np
     import pyarrow.compute as pc
 
-    concepts = pc.unique(batch["concept_id"]).to_pylist()
-    held = pa.array([c for c in concepts if keys.draw(seed, c, "validation") < fraction],
+    concepts = pc.unique(batch["concept_id"])
+    names = concepts.to_pylist()
+    held = pa.array([c for c in names if keys.draw(seed, c, "validation") < fraction],
                     pa.string())
+    bucket_of = np.array([int(keys.draw(seed, c, "bucket") * buckets) for c in names],
+                         dtype=np.int32)
     return batch.append_column("split", pc.if_else(
-        pc.is_in(batch["concept_id"], value_set=held), "validation", "train"))
+        pc.is_in(batch["concept_id"], value_set=held), "validation", "train")).append_column(
+        "bucket", pa.array(bucket_of[pc.index_in(batch["concept_id"], concepts).to_numpy()]))
+
+
+def write_shuffled_splits(pairs, staging: str, fs, seed: int) -> None:
+    """Each split's pairs (rows of ``with_split``) to ``staging/<split>/`` in a seeded random
+    order, holding one bucket at a time: the pairs are written by (split, bucket), then each
+    bucket is read, shuffled and written by one task. Ray Data's ``random_shuffle`` is
+    all-to-all, and at 1M UMLS concepts it held 2.3 GB of pairs in the object store."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    import ray
+
+    everything = f"{staging}/_buckets"
+    pairs.write_parquet(everything, filesystem=fs, partition_cols=["split", "bucket"])
+    shuffle = ray.remote(num_cpus=1)(_shuffle_bucket)
+    tasks = []
+    for name in SPLITS:
+        fs.create_dir(f"{staging}/{name}")
+        found = fs.get_file_info(pafs.FileSelector(f"{everything}/split={name}",
+                                                   allow_not_found=True))
+        folders = sorted(f.path for f in found if f.type == pafs.FileType.Directory)
+        if not folders:  # readers still need the schema
+            pq.write_table(PAIR_SCHEMA.empty_table(), f"{staging}/{name}/empty.parquet",
+                           filesystem=fs)
+        tasks += [shuffle.remote(folder, f"{staging}/{name}/part-{i:05d}.parquet", fs, seed)
+                  for i, folder in enumerate(folders)]
+    ray.get(tasks)
+    if fs.get_file_info(everything).type != pafs.FileType.NotFound:  # none if no pairs
+        fs.delete_dir(everything)
+
+
+def _shuffle_bucket(folder: str, out: str, fs, seed: int) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(folder, filesystem=fs, schema=PAIR_SCHEMA) \
+        .sort_by([("concept_id", "ascending"), ("anchor", "ascending"),
+                  ("positive", "ascending")])  # the same input order on every run
+    order = np.random.default_rng([seed, int(folder.rsplit("=", 1)[1])]).permutation(len(rows))
+    pq.write_table(rows.take(order), out, filesystem=fs)
 
 
 def _without_held_out(pairs, run_dir: RunDir):
