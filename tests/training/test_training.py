@@ -72,8 +72,10 @@ def test_two_worker_deepspeed_run_survives_a_killed_worker_learns_and_exports(
     # The restarted workers loaded the step-4 checkpoint instead of starting again at 0.
     assert [(r["step"], r.get("resumed_from")) for r in history] == [
         (0, None), (4, 0), (8, 4)]
+    # Learning is judged on the fixed validation pairs: each training loss is a mean over
+    # different pairs (steps 1-4, 5-8), so comparing them hangs on the data order.
     assert history[-1]["val_loss"] < history[0]["val_loss"]
-    assert history[-1]["train_loss"] < history[1]["train_loss"]
+    assert all(np.isfinite(r["train_loss"]) for r in history[1:])
     assert counts["best_step"] in (4, 8)
     out = Path(run_dir.path(contrastive.STAGE))
     assert (out / "history.png").stat().st_size > 0
