@@ -113,6 +113,14 @@ def _category(proc: psutil.Process, root_pid: int) -> str:
     return "ray_system"
 
 
+def _is_idle(proc: psutil.Process) -> bool:
+    """A Ray worker between tasks: Ray sets its process title back to ray::IDLE."""
+    try:
+        return " ".join(proc.cmdline()[:2]).startswith("ray::IDLE")
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
 def _status_kib(pid: int) -> dict[str, int]:
     """VmRSS / RssAnon / RssShmem / VmHWM (KiB) from /proc/PID/status: cheap, no page walk."""
     out = {}
@@ -184,7 +192,8 @@ class MemorySampler(threading.Thread):
 
     def sample(self, pss: bool = False) -> dict:
         t = time.perf_counter()
-        out = {"t": t - self.t0, "rss": 0, "anon": 0, "n_procs": 0, "n_workers": 0}
+        out = {"t": t - self.t0, "rss": 0, "anon": 0, "n_procs": 0, "n_workers": 0,
+               "n_idle_workers": 0, "pss_idle_workers": 0}
         by_cat = {"driver": 0, "workers": 0, "ray_system": 0}
         for p in self._procs():
             try:
@@ -200,6 +209,10 @@ class MemorySampler(threading.Thread):
             out["n_procs"] += 1
             out["n_workers"] += cat == "workers"
             by_cat[cat] += pss_kib * 1024
+            if pss and cat == "workers" and _is_idle(p):
+                # A worker kept between tasks (ray::IDLE), with what its last task left.
+                out["n_idle_workers"] += 1
+                out["pss_idle_workers"] += pss_kib * 1024
         if pss:
             out["pss"] = sum(by_cat.values())
             out.update({f"pss_{k}": v for k, v in by_cat.items()})

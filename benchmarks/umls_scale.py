@@ -20,6 +20,7 @@ and bounded means both near 1 (targets in the README: within 20%).
 Usage::
 
     .venv/bin/python benchmarks/umls_scale.py [--sizes 100000,300000,1000000] [--out DIR]
+        [--set ray.max_idle_workers=2 ...]
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def bare_read_seconds(meta: Path) -> float:
     return time.perf_counter() - started
 
 
-def child(meta: Path, run_root: Path, concepts: int) -> dict:
+def child(meta: Path, run_root: Path, concepts: int, overrides: list[str]) -> dict:
     """The stages on one release, in this (fresh) process."""
     from ingest_throughput import MIB, MemorySampler, object_store_probe
 
@@ -69,7 +70,8 @@ def child(meta: Path, run_root: Path, concepts: int) -> dict:
 
     bare = bare_read_seconds(meta)
     cfg = load_config(None, ["kg.format=umls", f"kg.path={meta}", "kg.max_concepts=null",
-                             f"run_dir={run_root}", "pairs.generated_definitions=false"])
+                             f"run_dir={run_root}", "pairs.generated_definitions=false",
+                             *overrides])
     run_dir = RunDir(cfg.run_dir)
     init_ray(cfg.ray)
     sampler = MemorySampler(pss_interval=1.0, store_fn=object_store_probe())
@@ -101,6 +103,8 @@ def child(meta: Path, run_root: Path, concepts: int) -> dict:
             "at_peak_mib": {k: round(peak[f"pss_{k}"] / MIB)
                             for k in ("driver", "workers", "ray_system")},
             "workers_at_peak": peak["n_workers"],
+            "idle_workers_at_peak": peak["n_idle_workers"],
+            "idle_workers_mib_at_peak": round(peak["pss_idle_workers"] / MIB),
             "object_store_peak_mib": round(max(store, default=0) / MIB)}
         print(json.dumps({name: result["stages"][name]}), flush=True)
     sampler.stop()
@@ -110,13 +114,14 @@ def child(meta: Path, run_root: Path, concepts: int) -> dict:
     return result
 
 
-def run_size(data_dir: Path, concepts: int, seed: int) -> dict:
+def run_size(data_dir: Path, concepts: int, seed: int, overrides: list[str]) -> dict:
     from synthetic_umls import release
 
     meta, rows = release(data_dir, concepts, seed)
     with tempfile.TemporaryDirectory(prefix="umls-scale-") as tmp:
         command = [sys.executable, __file__, "--child", str(meta), "--run-dir", tmp,
-                   "--concepts", str(rows["concepts"])]
+                   "--concepts", str(rows["concepts"])] + [
+                       arg for item in overrides for arg in ("--set", item)]
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
         if done.returncode or not lines:
@@ -124,9 +129,11 @@ def run_size(data_dir: Path, concepts: int, seed: int) -> dict:
     return {**json.loads(lines[-1][len("RESULT "):]), "rows": rows}
 
 
-def markdown(results: list[dict]) -> str:
+def markdown(results: list[dict], overrides: list[str]) -> str:
     sizes = [r["concepts"] for r in results]
-    head = "| stage | " + " | ".join(f"{n:,} concepts: ms/concept, peak MiB" for n in sizes)
+    config = ", ".join(f"`{o}`" for o in overrides) or "the defaults"
+    head = f"Config: {config}.\n\n| stage | " + " | ".join(
+        f"{n:,} concepts: ms/concept, peak MiB" for n in sizes)
     lines = [head + " | cost spread | memory spread |", "|---|" + "---:|" * (len(sizes) + 2)]
     for stage in STAGES:
         cost = [r["stages"][stage]["ms_per_concept"] for r in results]
@@ -138,6 +145,18 @@ def markdown(results: list[dict]) -> str:
     lines.append("| bare pyarrow.csv read of the 4 files | " +
                  " | ".join(f"{b:.3f}, -" for b in bare) +
                  f" | {max(bare) / min(bare):.2f} | |")
+    largest = results[-1]
+    lines += ["", f"At the {largest['concepts']:,}-concept peak of each stage (MiB; workers alive, "
+              "of which idle, and the idle ones' share):", "",
+              "| stage | driver / workers / Ray | workers (idle) | idle workers' MiB "
+              "| object store peak MiB |", "|---|---|---:|---:|---:|"]
+    for stage in STAGES:
+        s = largest["stages"][stage]
+        split = " / ".join(f"{s['at_peak_mib'][k]:,}" for k in ("driver", "workers",
+                                                                   "ray_system"))
+        lines.append(f"| {stage} | {split} | {s['workers_at_peak']} "
+                     f"({s['idle_workers_at_peak']}) | {s['idle_workers_mib_at_peak']:,} "
+                     f"| {s['object_store_peak_mib']:,} |")
     return "\n".join(lines) + "\n"
 
 
@@ -148,20 +167,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default="/tmp/biolord_ray_bench")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for the stages, e.g. ray.max_idle_workers=2")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     parser.add_argument("--concepts", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = child(Path(args.child), Path(args.run_dir), args.concepts)
+        result = child(Path(args.child), Path(args.run_dir), args.concepts, args.set)
         print("RESULT " + json.dumps(result), flush=True)
         return
 
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
-        results.append(run_size(Path(args.data_dir), size, args.seed))
+        results.append(run_size(Path(args.data_dir), size, args.seed, args.set))
         print(json.dumps(results[-1]["stages"]), flush=True)
-    table = markdown(results)
+    table = markdown(results, args.set)
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

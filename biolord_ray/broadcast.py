@@ -2,7 +2,7 @@
 
 Ray Data's ``Dataset.join`` (and ``groupby``) hash-partitions both inputs: right at any size,
 but each join moves both sides, and on a small machine it cost 5 to 7 s whatever the data
-until idle workers were kept (``runtime.SMALL_NODE_SYSTEM_CONFIG``). When one side is small
+until idle workers were kept (``runtime.small_node_system_config``). When one side is small
 (generated definitions, held-out texts, concept ids already done, concept names), it is
 enough to put it in the object store once and look each block's keys up in it with Arrow
 kernels: one map, no shuffle. Ray Data has no broadcast join

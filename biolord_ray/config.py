@@ -85,6 +85,19 @@ class RayConfig:
     # (naming the keys); on an autoscaling cluster, which adds nodes on demand, it warns and
     # waits instead.
     autoscaling: bool = False
+    # A local instance keeps idle Ray worker processes for reuse, this long and this many at
+    # most: on a small machine each join or group-by otherwise starts fresh Python processes
+    # (about 6 s each; runtime.py). An idle worker keeps the memory its last task grew to, so
+    # on a large KG fewer of them bound memory (README "Scale"). Cluster nodes take the same
+    # as RAY_* variables (``runtime.small_node_env``).
+    idle_worker_seconds: float = 300.0
+    max_idle_workers: int = 12
+
+    def check(self, key: str, origins: dict[str, str]) -> None:
+        if self.idle_worker_seconds < 0:
+            raise _error(f"{key}.idle_worker_seconds", origins, "must be 0 or more")
+        if self.max_idle_workers < 0:
+            raise _error(f"{key}.max_idle_workers", origins, "must be 0 or more")
 
 
 @dataclass

@@ -12,12 +12,13 @@ log = logging.getLogger(__name__)
 # Ray keeps at most one idle worker process per CPU and kills the rest after a second. Ray
 # Data runs shuffle map and reduce tasks and join reduce tasks each in a worker pool of their
 # own (different env vars), so on a 2-CPU node every join or group-by started fresh Python
-# processes: about 6 s per shuffle, whatever its size. Idle workers kept for 5 minutes (and
-# a few more of them) make every shuffle after the first cost a fraction of a second
-# (benchmarks/stage_fixed_cost.py). Nodes of a small cluster get the same from
-# ``small_node_env()`` in the environment of ``ray start``.
-SMALL_NODE_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 300_000,
-                            "num_workers_soft_limit": 12}
+# processes: about 6 s per shuffle, whatever its size. Idle workers kept for minutes (and a
+# few more of them: ``ray.idle_worker_seconds``, ``ray.max_idle_workers``) make every shuffle
+# after the first cost a fraction of a second (benchmarks/stage_fixed_cost.py). Nodes of a
+# small cluster get the same from ``small_node_env()`` in the environment of ``ray start``.
+def small_node_system_config(cfg: RayConfig) -> dict[str, int]:
+    return {"idle_worker_killing_time_threshold_ms": round(cfg.idle_worker_seconds * 1000),
+            "num_workers_soft_limit": cfg.max_idle_workers}
 
 
 # A local instance is one machine, which no autoscaler drains: Ray Train's preemption watcher
@@ -27,9 +28,20 @@ SMALL_NODE_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 300_000,
 LOCAL_INSTANCE_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
-def small_node_env() -> dict[str, str]:
-    """``SMALL_NODE_SYSTEM_CONFIG`` as the RAY_* environment variables Ray reads it from."""
-    return {f"RAY_{key}": str(value) for key, value in SMALL_NODE_SYSTEM_CONFIG.items()}
+# Arrow's allocator for every Ray process of the pipeline. Ray Data's workers are kept
+# between tasks (above) and each kept the memory its largest task grew to: with Arrow's
+# default mimalloc pool, 350 to 1,000 MiB per idle worker at 1M UMLS concepts, most of the
+# growth of peak memory with the KG. Arrow's jemalloc pool hands freed pages back to the OS
+# within a second: peaks at 1M concepts fell from 3.9-5.7 GB to 2.5-3.7 GB per stage, at the
+# same speed (benchmarks/umls_scale.py, README "Scale"). Arrow only: torch and vLLM keep
+# their allocators. Clusters get it from cluster/runtime_env.yaml's env_vars.
+WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
+
+
+def small_node_env(cfg: RayConfig | None = None) -> dict[str, str]:
+    """``small_node_system_config`` as the RAY_* environment variables Ray reads it from."""
+    return {f"RAY_{key}": str(value)
+            for key, value in small_node_system_config(cfg or RayConfig()).items()}
 
 
 def init_ray(cfg: RayConfig):
@@ -47,15 +59,28 @@ def init_ray(cfg: RayConfig):
     if address:
         context = ray.init(address=address)
     else:
-        for key, value in LOCAL_INSTANCE_ENV.items():
+        for key, value in {**LOCAL_INSTANCE_ENV, **WORKER_ENV}.items():
             os.environ.setdefault(key, value)
+        use_arrow_pool_of_workers()
         context = ray.init(num_cpus=cfg.num_cpus, include_dashboard=True,
                            dashboard_host=cfg.dashboard_host,
-                           _system_config=SMALL_NODE_SYSTEM_CONFIG)
+                           _system_config=small_node_system_config(cfg))
     configure_ray_data()
     log.info("Ray resources: %s; dashboard: %s", ray.cluster_resources(),
              context.dashboard_url)
     return context
+
+
+def use_arrow_pool_of_workers() -> None:
+    """This process (the driver) allocates Arrow memory as the workers do (``WORKER_ENV``);
+    Arrow read the variable when it first allocated, perhaps before it was set."""
+    import pyarrow as pa
+
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except NotImplementedError:  # a pyarrow built without jemalloc keeps its default
+        log.info("pyarrow has no jemalloc pool; Arrow keeps %s",
+                 pa.default_memory_pool().backend_name)
 
 
 def configure_ray_data(progress_bars: bool = True) -> None:

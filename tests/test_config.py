@@ -259,6 +259,7 @@ def test_config_survives_a_yaml_round_trip_with_the_same_hash(tmp_path):
     ("targets.max_concepts=0", "targets.max_concepts",
      "must be positive, or null to distill every concept"),
     ("tune.lrs=[]", "tune.lrs", "must be a non-empty list"),
+    ("ray.max_idle_workers=-1", "ray.max_idle_workers", "must be 0 or more"),
     ("tune.grid={warmup_ratio: []}", "tune.grid.warmup_ratio", "must be a non-empty list"),
     ("soup.top_k=0", "soup.top_k", "must be at least 1"),
     ("eval.holdout_fraction=0", "eval.holdout_fraction", "must be between 0 and 1"),

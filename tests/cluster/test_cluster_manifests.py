@@ -11,6 +11,7 @@ import yaml
 
 from biolord_ray.cli import build_parser
 from biolord_ray.config import load_config
+from biolord_ray.runtime import WORKER_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_WORKDIR = "/home/ray/biolord-ray/"  # where cluster/Dockerfile.gpu puts the project
@@ -58,6 +59,8 @@ def test_launcher_and_runtime_env_usage_lines_name_real_commands(tmp_path):
             _check_job_command(re.sub(r"\\?\n#\s+", " ", command), tmp_path)
     env = _load("cluster/runtime_env.yaml")
     assert env["working_dir"] == "." and {".venv/", "runs/"} <= set(env["excludes"])
+    # A cluster's workers allocate Arrow memory as a local instance's do.
+    assert WORKER_ENV.items() <= env["env_vars"].items()
 
 
 @pytest.mark.parametrize("spec", _raycluster_specs(), ids=["raycluster", "rayjob"])
