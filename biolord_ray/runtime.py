@@ -32,7 +32,7 @@ LOCAL_INSTANCE_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 # between tasks (above) and each kept the memory its largest task grew to: with Arrow's
 # default mimalloc pool, 350 to 1,000 MiB per idle worker at 1M UMLS concepts, most of the
 # growth of peak memory with the KG. Arrow's jemalloc pool hands freed pages back to the OS
-# within a second: peaks at 1M concepts fell from 3.9-5.7 GB to 2.5-3.7 GB per stage, at the
+# within a second: peaks at 1M concepts fell from 3.9-5.7 GB to 2.5-3.8 GB per stage, at the
 # same speed (benchmarks/umls_scale.py, README "Scale"). Arrow only: torch and vLLM keep
 # their allocators. Clusters get it from cluster/runtime_env.yaml's env_vars.
 WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
