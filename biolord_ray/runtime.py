@@ -31,8 +31,8 @@ LOCAL_INSTANCE_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 # Arrow's allocator for every Ray process of the pipeline. Ray Data's workers are kept
 # between tasks (above) and each kept the memory its largest task grew to: with Arrow's
 # default mimalloc pool, 350 to 1,000 MiB per idle worker at 1M UMLS concepts, most of the
-# growth of peak memory with the KG. Arrow's jemalloc pool hands freed pages back to the OS
-# within a second: peaks at 1M concepts fell from 3.9-5.7 GB to 2.5-3.8 GB per stage, at the
+# growth of peak memory with the KG. With Arrow's jemalloc pool, which gives freed pages back
+# to the OS, peaks at 1M concepts fell from 3.9-5.7 GB to 2.5-3.8 GB per stage, at the
 # same speed (benchmarks/umls_scale.py, README "Scale"). Arrow only: torch and vLLM keep
 # their allocators. Clusters get it from cluster/runtime_env.yaml's env_vars.
 WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}
