@@ -22,10 +22,10 @@ Generates realistic MRCONSO.RRF files (``synthetic_umls.generate_mrconso``; cach
   a second and reported separately. CPU time (user+system) of all those processes is
   recorded too: the machine may be shared, and CPU time moves less with other load than
   wall-clock time does.
-* the full ``umls.read`` concept assembly (facts -> ``groupby(concept_id).map_groups``),
-  at ``--assemble-rows`` (much smaller files: it is ~100x slower than the streaming reader,
-  so even the small main size would take far too long), each run under a time limit; its
-  rate between the two sizes is extrapolated to the main sizes. ``--skip-assemble`` skips.
+* the full ``umls.read`` concept assembly (facts bucketed by concept through files, each
+  bucket assembled with Arrow kernels: ``tables.assemble_concepts``), at ``--assemble-rows``
+  (smaller files, each run under a time limit); its rate between the two sizes is
+  extrapolated to the main sizes. ``--skip-assemble`` skips.
 
 Prints a table and writes ``ingest_throughput.json`` (and a PNG if matplotlib is installed)
 to ``--out``.
@@ -382,7 +382,12 @@ def run_pipeline(path: str, mode: str, num_cpus: int, interval: float, pss_inter
         meta = tempfile.mkdtemp(prefix="META_", dir=scratch)
         os.symlink(path, os.path.join(meta, "MRCONSO.RRF"))
         open(os.path.join(meta, "MRREL.RRF"), "w").close()
-        ds = umls.read(KGConfig(format="umls", path=meta)).concepts
+        import pyarrow.fs as pafs
+
+        # Assembles now (bucketed through files under scratch); ds reads the result.
+        ds = umls.read(KGConfig(format="umls", path=meta),
+                       tempfile.mkdtemp(prefix="concepts_", dir=scratch),
+                       pafs.LocalFileSystem()).concepts
     else:
         ds = read_delimited(path, COLUMNS, KEEP, "|", header=False)
         if mode == "facts":
@@ -642,8 +647,8 @@ def print_report(results: list[dict], assemble: list[dict]) -> str:
           f"{p['object_store_capacity_mib'] / 2:,.0f} MiB before backpressure)")
     if assemble:
         w("")
-        w("umls.read concept assembly (MRCONSO facts -> groupby(concept_id, 16 partitions)"
-          ".map_groups(concept_from_facts) -> write_parquet), on separate smaller files:")
+        w("umls.read concept assembly (MRCONSO facts -> buckets by concept id -> "
+          "concepts_from_facts per bucket -> write_parquet), on separate smaller files:")
         ok = []
         for x in assemble:
             if x.get("timed_out"):

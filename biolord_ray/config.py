@@ -186,10 +186,11 @@ class KGConfig(KGSource):
     max_concepts: int | None = 1000
     # Ray Data output: rows per Parquet file.
     rows_per_file: int = 100_000
-    # Partitions of the shuffles that group facts by concept and de-duplicate relations;
-    # raise it with the KG's size (about one per 1M rows) so each partition fits a worker.
-    # The stages after ingest take at least this many and more as their input grows
-    # (run_dir.ROWS_PER_PARTITION rows each).
+    # The fewest buckets (tasks) that group rows by concept: the facts of each concept at
+    # ingest, relations to de-duplicate, each concept's facts for prompts and pairs. More
+    # as the input grows, so that a bucket stays the same size (buckets.BUCKET_BYTES of
+    # release files, buckets.BUCKET_ROWS rows); the few shuffles left (a multi-source merge,
+    # SNOMED CT's language refset) take this many partitions.
     shuffle_partitions: int = 4
 
     def source_list(self) -> list[KGSource]:

@@ -59,9 +59,7 @@ def init_ray(cfg: RayConfig):
     if address:
         context = ray.init(address=address)
     else:
-        for key, value in {**LOCAL_INSTANCE_ENV, **WORKER_ENV}.items():
-            os.environ.setdefault(key, value)
-        use_arrow_pool_of_workers()
+        prepare_local_instance()
         context = ray.init(num_cpus=cfg.num_cpus, include_dashboard=True,
                            dashboard_host=cfg.dashboard_host,
                            _system_config=small_node_system_config(cfg))
@@ -69,6 +67,14 @@ def init_ray(cfg: RayConfig):
     log.info("Ray resources: %s; dashboard: %s", ray.cluster_resources(),
              context.dashboard_url)
     return context
+
+
+def prepare_local_instance() -> None:
+    """What a local instance's processes inherit from this one (``LOCAL_INSTANCE_ENV``,
+    ``WORKER_ENV``), and this process's own Arrow pool; call before ``ray.init``."""
+    for key, value in {**LOCAL_INSTANCE_ENV, **WORKER_ENV}.items():
+        os.environ.setdefault(key, value)
+    use_arrow_pool_of_workers()
 
 
 def use_arrow_pool_of_workers() -> None:

@@ -74,17 +74,13 @@ def ray_local():
 
     from biolord_ray.config import RayConfig
     from biolord_ray.runtime import (
-        LOCAL_INSTANCE_ENV,
-        WORKER_ENV,
         configure_ray_data,
+        prepare_local_instance,
         small_node_system_config,
-        use_arrow_pool_of_workers,
     )
 
     if not ray.is_initialized():
-        for key, value in {**LOCAL_INSTANCE_ENV, **WORKER_ENV}.items():
-            os.environ.setdefault(key, value)
-        use_arrow_pool_of_workers()
+        prepare_local_instance()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  _system_config=small_node_system_config(RayConfig()))
     configure_ray_data(progress_bars=False)

@@ -162,9 +162,11 @@ def _write_prompts(cfg: PipelineConfig, run_dir: RunDir, path: str) -> tuple[str
     dcfg = cfg.definitions
     concepts = english_concepts(run_dir)
     relations = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "relations"), filesystem=fs)
-    dataset = prompt_dataset(concepts, relations, dcfg, cfg.kg.shuffle_partitions,
+    facts = f"{path}.facts"  # the concepts with their facts, until the prompts are written
+    dataset = prompt_dataset(concepts, relations, dcfg, facts, fs, cfg.kg.shuffle_partitions,
                              english_names(run_dir))
     write_parquet(dataset, path, fs, PROMPT_SCHEMA, cfg.kg.rows_per_file)
+    fs.delete_dir(facts)
     selected = len(_ids(fs, path))
     # Counting the candidates costs one more pass over the concepts, only needed under a cap.
     candidates = selected if dcfg.max_concepts is None \

@@ -1,9 +1,9 @@
 """Prompts from KG facts: each concept's name, synonyms, semantic types, parents and other
 relations, verbalised into a chat prompt asking for a definition.
 
-Facts are gathered with Ray Data (a broadcast lookup names each relation's target, a keyed
-repartition brings each concept's facts together, a join takes them back to the concept), so
-no process holds the whole graph, only a table of names;
+Facts are gathered with Ray Data and Ray tasks (a broadcast lookup names each relation's
+target, then concepts and relations are bucketed by concept through files and joined bucket
+by bucket), so no process holds the whole graph, only a table of names;
 the prompts are written to Parquet once per template and reused by every (re)run.
 """
 
@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from biolord_ray.broadcast import lookup_join
+from biolord_ray.buckets import Keyed, buckets_for_rows, map_by_key
 from biolord_ray.config import DefinitionsConfig
 from biolord_ray.definitions.selection import select_concepts
-from biolord_ray.kg.schema import IS_A
-from biolord_ray.run_dir import shuffle_partitions
+from biolord_ray.kg.schema import CONCEPT_SCHEMA, IS_A
 
 PROMPT_SCHEMA = pa.schema([
     ("concept_id", pa.string()),
@@ -126,46 +126,61 @@ def _without_definition(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.equal(lengths, 0))
 
 
-def prompt_dataset(concepts, relations, cfg: DefinitionsConfig, num_partitions: int,
-                   names: pa.Table | None = None):
-    """Lazy Ray Dataset of prompts (PROMPT_SCHEMA) for the concepts ``cfg`` selects
-    (``names``: see ``with_facts``)."""
+def prompt_dataset(concepts, relations, cfg: DefinitionsConfig, work_dir: str, fs,
+                   minimum_buckets: int, names: pa.Table | None = None):
+    """Ray Dataset of prompts (PROMPT_SCHEMA) for the concepts ``cfg`` selects, their facts
+    gathered now into ``work_dir`` (``with_facts``; ``names``: the KG's concept names, else
+    read from ``concepts``)."""
+    import ray
+
+    if names is None:
+        names = pa.concat_tables(ray.get(concepts.select_columns(
+            ["concept_id", "preferred_name"]).to_arrow_refs()))
     selected = select_concepts(candidate_concepts(concepts, cfg), cfg)
-    joined = with_facts(selected, concepts, relations, cfg.max_parents, cfg.max_relations,
-                        cfg.max_targets, num_partitions, names)
+    joined = with_facts(selected, relations, names, cfg.max_parents, cfg.max_relations,
+                        cfg.max_targets, work_dir, fs, minimum_buckets)
     # Bounded batches: a Python pass over a whole joined partition grows with the KG.
     return joined.map_batches(build_prompts, batch_size=BATCH_ROWS, batch_format="pyarrow",
                               fn_kwargs={"cfg": cfg})
 
 
-def with_facts(selected, concepts, relations, max_parents: int, max_relations: int,
-               max_targets: int, num_partitions: int, names: pa.Table | None = None):
+NAMED_RELATION_SCHEMA = pa.schema([("head_id", pa.string()), ("relation", pa.string()),
+                                   ("tail_name", pa.string())])
+WITH_FACTS_SCHEMA = CONCEPT_SCHEMA.append(FACTS_SCHEMA.field("relations")) \
+    .append(FACTS_SCHEMA.field("targets"))
+
+
+def with_facts(selected, relations, names: pa.Table, max_parents: int, max_relations: int,
+               max_targets: int, work_dir: str, fs, minimum_buckets: int):
     """``selected`` concepts with two more columns, ``relations`` and ``targets`` (their
-    sorted, capped facts; see ``collect_facts``); target names come from ``names``
-    (``concept_id``, ``preferred_name``; a stage reads them from its Parquet input), else
-    from the ``concepts`` dataset.
+    sorted, capped facts, null without any; see ``collect_facts``), written to ``work_dir``
+    now and returned as a Ray Dataset reading them. Target names come from ``names``
+    (``concept_id``, ``preferred_name``: one row per concept of the KG).
 
-    Target names are looked up in a broadcast table of names (one row per concept); the
-    relations are then hash-partitioned by head, so each block holds every fact of its
-    heads, and joined back to the selected concepts: two shuffles."""
-    import ray
+    Target names are looked up in a broadcast table of names; the concepts and their named
+    relations are then bucketed by concept through files (``buckets.map_by_key``) and each
+    bucket's facts are collected and joined to its concepts with Arrow: one bucket in memory
+    per task, where Ray Data's hash repartition and join held partitions growing with the KG
+    in their aggregator actors."""
+    import ray.data
 
-    n_relations = relations.count()
-    if n_relations == 0:
-        # Ray Data's hash join fails on an input without rows (it loses the schema); with no
-        # relations there are no facts to gather anyway.
-        return selected
-    num_partitions = shuffle_partitions(n_relations, num_partitions)
-    if names is None:
-        names = pa.concat_tables(ray.get(concepts.select_columns(
-            ["concept_id", "preferred_name"]).to_arrow_refs()))
     names = names.select(["concept_id", "preferred_name"]).rename_columns(
         ["tail_id", "tail_name"])
-    facts = lookup_join(relations.select_columns(["head_id", "relation", "tail_id"]), names,
-                        on=["tail_id"], how="inner") \
-        .repartition(num_partitions, keys=["head_id"]) \
-        .map_batches(collect_facts, batch_size=None, batch_format="pyarrow", fn_kwargs={
-            "max_parents": max_parents, "max_relations": max_relations,
-            "max_targets": max_targets})
-    return selected.join(facts, "left_outer", num_partitions=num_partitions,
-                         on=("concept_id",), right_on=("head_id",))
+    named = lookup_join(relations.select_columns(["head_id", "relation", "tail_id"]), names,
+                        on=["tail_id"], how="inner").select_columns(NAMED_RELATION_SCHEMA.names)
+    buckets = buckets_for_rows(relations.count() + names.num_rows, minimum_buckets)
+    map_by_key({"concepts": Keyed(selected, "concept_id", CONCEPT_SCHEMA),
+                "relations": Keyed(named, "head_id", NAMED_RELATION_SCHEMA)},
+               buckets, _join_facts, work_dir, fs, WITH_FACTS_SCHEMA, {
+                   "max_parents": max_parents, "max_relations": max_relations,
+                   "max_targets": max_targets})
+    return ray.data.read_parquet(work_dir, filesystem=fs, schema=WITH_FACTS_SCHEMA)
+
+
+def _join_facts(concepts: pa.Table, relations: pa.Table, **caps) -> pa.Table:
+    """One bucket: the facts of its heads, each concept's row of them appended (a lookup by
+    index, since Arrow's hash join cannot carry list columns)."""
+    facts = collect_facts(relations, **caps)
+    at = pc.index_in(concepts["concept_id"], value_set=facts["head_id"])
+    return concepts.append_column("relations", facts["relations"].take(at)) \
+        .append_column("targets", facts["targets"].take(at))

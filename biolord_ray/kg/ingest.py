@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from biolord_ray import stages
 from biolord_ray.broadcast import lookup_join
+from biolord_ray.buckets import Keyed, buckets_for_bytes, files_bytes, map_by_key
 from biolord_ray.config import BUNDLED_KG_FORMATS, KGConfig, KGSource, PipelineConfig, to_dict
 from biolord_ray.kg import merge, mondo, obo
 from biolord_ray.kg.errors import KGFormatError
@@ -70,15 +71,17 @@ def source_fingerprint(source: KGSource) -> dict:
     return fingerprint(source.path or obo.bundled_hpo_path())
 
 
-def read_kg(cfg: KGConfig, num_partitions: int = 16) -> KGTables:
-    """The KG in the shared schema, as lazy Ray Datasets (several sources: namespaced ids;
-    the merge is applied by the stage, which also writes what it merged)."""
+def read_kg(cfg: KGConfig, work_dir: str, fs, num_partitions: int = 16) -> KGTables:
+    """The KG in the shared schema, as Ray Datasets (several sources: namespaced ids; the
+    merge is applied by the stage, which also writes what it merged). A release's concepts
+    are assembled into ``work_dir`` (on ``fs``, storage every node reads) as it is read."""
     sources = cfg.source_list()
     if len(sources) == 1:
-        return read_source(sources[0], num_partitions, cfg.merge_on)
+        return read_source(sources[0], work_dir, fs, num_partitions, cfg.merge_on)
     concepts, relations, counts, files = [], [], {}, []
     for source in sources:
-        tables = read_source(source, num_partitions, cfg.merge_on)
+        tables = read_source(source, f"{work_dir}/{source.name}", fs, num_partitions,
+                             cfg.merge_on)
         if source.max_concepts is not None:
             tables.concepts = tables.concepts.sort("concept_id").limit(source.max_concepts)
         concepts.append(tables.concepts.map_batches(
@@ -91,7 +94,7 @@ def read_kg(cfg: KGConfig, num_partitions: int = 16) -> KGTables:
                     counts, files)
 
 
-def read_source(source: KGSource, num_partitions: int = 16,
+def read_source(source: KGSource, work_dir: str, fs, num_partitions: int = 16,
                 xref_namespaces: list[str] = ()) -> KGTables:
     """One source in the shared schema, its ids as the source writes them."""
     import ray.data
@@ -99,11 +102,12 @@ def read_source(source: KGSource, num_partitions: int = 16,
     if source.format == "umls":
         from biolord_ray.kg import umls
 
-        return umls.read(source, num_partitions=num_partitions, xref_namespaces=xref_namespaces)
+        return umls.read(source, work_dir, fs, num_partitions=num_partitions,
+                         xref_namespaces=xref_namespaces)
     if source.format == "snomed":
         from biolord_ray.kg import snomed
 
-        return snomed.read(source, num_partitions=num_partitions)
+        return snomed.read(source, work_dir, fs, num_partitions=num_partitions)
     if source.format in BUNDLED_KG_FORMATS:
         ontology = source.format.upper()
         concepts, relations, counts = mondo.read_mondo(mondo.load_bundled(ontology)[0],
@@ -116,7 +120,8 @@ def read_source(source: KGSource, num_partitions: int = 16,
 
 def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     fs = run_dir.fs
-    tables = read_kg(cfg, num_partitions=cfg.shuffle_partitions)
+    work = f"{staging}/_work"
+    tables = read_kg(cfg, f"{work}/concepts", fs, num_partitions=cfg.shuffle_partitions)
     counts = dict(tables.counts)
     with located_read_errors(tables.files):
         concepts, relations = tables.concepts, tables.relations
@@ -133,8 +138,10 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
         write_parquet(concepts, f"{staging}/concepts", fs, CONCEPT_SCHEMA, cfg.rows_per_file)
         # Relations are deduplicated (UMLS states one relation once per source vocabulary)
         # and written aside before filtering, so their count costs no second read of MRREL.
-        write_parquet(_dedupe_relations(relations, cfg.shuffle_partitions),
-                      f"{staging}/_all_relations", fs, RELATION_SCHEMA, cfg.rows_per_file)
+        buckets = buckets_for_bytes(files_bytes([path for path, *_ in tables.files]),
+                                    cfg.shuffle_partitions)
+        map_by_key({"relations": Keyed(relations, "head_id", RELATION_SCHEMA)}, buckets,
+                   dedupe_relations, f"{work}/relations", fs, RELATION_SCHEMA)
 
     import ray.data
 
@@ -152,12 +159,12 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
         counts["concepts_by_source"] = {
             row["values"]: row["counts"]
             for row in pc.value_counts(sources.combine_chunks()).to_pylist()}
-    n_all_relations = count_rows(f"{staging}/_all_relations", fs)
-    kept = ray.data.read_parquet(f"{staging}/_all_relations", filesystem=fs)
+    n_all_relations = count_rows(f"{work}/relations", fs)
+    kept = ray.data.read_parquet(f"{work}/relations", filesystem=fs)
     for end in ("head_id", "tail_id"):
         kept = lookup_join(kept, ids, on=[end], right_on=["concept_id"], how="left_semi")
     write_parquet(kept, f"{staging}/relations", fs, RELATION_SCHEMA, cfg.rows_per_file)
-    fs.delete_dir(f"{staging}/_all_relations")
+    fs.delete_dir(work)
     n_relations = count_rows(f"{staging}/relations", fs)
     sliced = any(s.max_concepts is not None for s in [cfg, *cfg.sources])
     dropped = "relations_outside_slice" if sliced else "dangling_relations"
@@ -170,11 +177,12 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     return StageOutputs(outputs=outputs, counts=counts)
 
 
-def _dedupe_relations(relations, num_partitions: int):
-    from ray.data.aggregate import Min
-
-    return relations.groupby(["head_id", "relation", "tail_id"], num_partitions=num_partitions) \
-        .aggregate(Min("source", alias_name="source"))
+def dedupe_relations(relations: pa.Table) -> pa.Table:
+    """Each (head, relation, tail) once, with the first of its sources (every row of a head
+    is in ``relations``)."""
+    return relations.group_by(["head_id", "relation", "tail_id"]) \
+        .aggregate([("source", "min")]).rename_columns(
+            {"source_min": "source"}).select(RELATION_SCHEMA.names)
 
 
 def read_concepts(run_dir: RunDir) -> pa.Table:

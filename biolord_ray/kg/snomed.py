@@ -96,7 +96,10 @@ def check_header(path: str, columns: list[str]) -> None:
                             f"got {first[:200]!r}", 1)
 
 
-def read(cfg: KGSource, num_partitions: int = 16) -> KGTables:
+def read(cfg: KGSource, work_dir: str, fs, num_partitions: int = 16) -> KGTables:
+    """The release's concepts (assembled now, into ``work_dir`` on ``fs``) and relations (a
+    lazy dataset); ``num_partitions``: of the language refset join, and the fewest buckets
+    to assemble concepts in."""
     files = release_files(cfg.path)
     for extension in cfg.extensions:
         for pattern, paths in release_files(extension, required=False).items():
@@ -140,12 +143,9 @@ def read(cfg: KGSource, num_partitions: int = 16) -> KGTables:
             "active", "conceptId", "languageCode", "typeId", "term"]))
     relations = relationships.map_batches(relations_from_rf2, batch_format="pyarrow",
                                           fn_kwargs={"type_names": type_names})
-    return KGTables(
-        concepts=assemble_concepts(facts, concept_files=files[CONCEPTS],
-                                   num_partitions=num_partitions),
-        relations=relations,
-        files=located,
-    )
+    concepts = assemble_concepts(facts, work_dir, fs, located, concept_files=files[CONCEPTS],
+                                 minimum_buckets=num_partitions)
+    return KGTables(concepts=concepts, relations=relations, files=located)
 
 
 def relation_type_names(relationships, descriptions) -> dict[str, str]:

@@ -3,9 +3,8 @@ Data, and concepts assembled from "facts" (one row per name, definition or seman
 
 Release files are tens of millions of rows, so nothing is collected on the driver: each file
 is read as a stream of Arrow blocks, normalised into facts by ``map_batches``, and the facts
-of one concept are brought together by a keyed repartition (a hash shuffle through the
-object store, spilling to disk) and assembled block by block with Arrow kernels, instead of
-holding the graph in one process.
+of one concept are brought together in a bucket of files (``buckets.py``) and assembled
+bucket by bucket with Arrow kernels, instead of holding the graph in one process.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from biolord_ray.buckets import Keyed, buckets_for_bytes, files_bytes, map_by_key
 from biolord_ray.kg.errors import KGFormatError, find_lines, locate_bad_line
 from biolord_ray.kg.schema import CONCEPT_SCHEMA, SYNONYM
 
@@ -95,28 +95,32 @@ def _kg_format_cause(err: BaseException) -> KGFormatError | None:
     return None
 
 
-def assemble_concepts(facts, concept_files: list[str] | None = None, num_partitions: int = 16):
-    """Group facts by concept into rows of CONCEPT_SCHEMA.
+def assemble_concepts(facts, work_dir: str, fs, files: list[tuple[str, str, int, bool]],
+                      concept_files: list[str] | None = None, minimum_buckets: int = 16):
+    """Group facts by concept into rows of CONCEPT_SCHEMA, written to ``work_dir`` now (a
+    lazy dataset of them is returned).
 
-    The facts are hash-partitioned by concept id (each concept's facts in exactly one block:
-    Ray Data does not split the blocks of a keyed repartition, and ``batch_size=None`` hands
-    each block over whole), then each block is assembled by ``concepts_from_facts`` with
-    Arrow kernels. Written by hand because ``groupby().map_groups`` calls Python once per
-    concept (about 0.4 ms each: most of an ingest of UMLS's millions of concepts), and Ray
-    Data's vectorised aggregations cannot build the ordered lists of structs a concept holds.
+    The facts are bucketed by concept id through files (``buckets.map_by_key``: every fact
+    of a concept in one bucket, one bucket in memory per task, more buckets as the release
+    files grow), and each bucket is assembled by ``concepts_from_facts`` with Arrow kernels.
+    Written by hand because ``groupby().map_groups`` calls Python once per concept (about
+    0.4 ms each: most of an ingest of UMLS's millions of concepts), and Ray Data's vectorised
+    aggregations cannot build the ordered lists of structs a concept holds.
 
-    ``concept_files``: when set, a concept must have exactly one "concept" fact (it is
-    listed, active, once in those files); concepts without one are dropped (their names
-    belong to an inactive or filtered concept) and a duplicate is an error naming the file.
+    ``files``: the release files read, as ``located_read_errors`` takes them (a bad line is
+    reported by file and line). ``concept_files``: when set, a concept must have exactly one
+    "concept" fact (it is listed, active, once in those files); concepts without one are
+    dropped (their names belong to an inactive or filtered concept) and a duplicate is an
+    error naming the file.
     """
-    concepts = facts.repartition(num_partitions, keys=["concept_id"]).map_batches(
-        concepts_from_facts, batch_format="pyarrow", batch_size=None,
-        fn_kwargs={"concept_files": concept_files})
-    # A KGFormatError raised here must reach the caller as itself: Ray Data wraps a UDF's
-    # error in a UserCodeException, whose cause is lost when a shuffle task reports it.
-    # (The context is this dataset's own copy, taken when its files were read.)
-    concepts.context.raise_original_map_exception = True
-    return concepts
+    import ray.data
+
+    buckets = buckets_for_bytes(files_bytes([path for path, *_ in files]), minimum_buckets)
+    with located_read_errors(files):
+        map_by_key({"facts": Keyed(facts, "concept_id", FACT_SCHEMA)}, buckets,
+                   concepts_from_facts, work_dir, fs, CONCEPT_SCHEMA,
+                   {"concept_files": concept_files})
+    return ray.data.read_parquet(work_dir, filesystem=fs, schema=CONCEPT_SCHEMA)
 
 
 def concepts_from_facts(facts: pa.Table, concept_files: list[str] | None = None) -> pa.Table:

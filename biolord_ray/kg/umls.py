@@ -46,8 +46,12 @@ def release_files(path: str) -> dict[str, str]:
     return found
 
 
-def read(cfg: KGSource, num_partitions: int = 16, xref_namespaces: list[str] = ()) -> KGTables:
-    """``xref_namespaces``: the atoms' source codes in these namespaces (kg.merge_on, e.g.
+def read(cfg: KGSource, work_dir: str, fs, num_partitions: int = 16,
+         xref_namespaces: list[str] = ()) -> KGTables:
+    """The release's concepts (assembled now, into ``work_dir`` on ``fs``) and relations (a
+    lazy dataset); ``num_partitions``: the fewest buckets to assemble in.
+
+    ``xref_namespaces``: the atoms' source codes in these namespaces (kg.merge_on, e.g.
     SNOMEDCT or HP) become the concept's xrefs, so that other sources can merge with it."""
     files = release_files(cfg.path)
     columns = {**REQUIRED, **OPTIONAL}
@@ -69,11 +73,9 @@ def read(cfg: KGSource, num_partitions: int = 16, xref_namespaces: list[str] = (
             semantic_types_to_facts, batch_format="pyarrow"))
     relations = rrf("MRREL.RRF", ["CUI1", "REL", "CUI2", "RELA", "SAB", "SUPPRESS"]).map_batches(
         relations_from_mrrel, batch_format="pyarrow", fn_kwargs=options)
-    return KGTables(
-        concepts=assemble_concepts(facts, num_partitions=num_partitions),
-        relations=relations,
-        files=[(p, "|", len(columns[n]) + 1, False) for n, p in files.items()],
-    )
+    located = [(p, "|", len(columns[n]) + 1, False) for n, p in files.items()]
+    concepts = assemble_concepts(facts, work_dir, fs, located, minimum_buckets=num_partitions)
+    return KGTables(concepts=concepts, relations=relations, files=located)
 
 
 def _keep(batch: pa.Table, vocabularies: list[str], keep_suppressed: bool) -> pa.Array:

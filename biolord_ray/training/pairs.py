@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from biolord_ray import keys, stages
 from biolord_ray.broadcast import lookup_join
+from biolord_ray.buckets import run_tasks
 from biolord_ray.config import PipelineConfig
 from biolord_ray.definitions.prompts import BATCH_ROWS, relation_label, with_facts
 from biolord_ray.run_dir import (
@@ -105,8 +106,8 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     concepts = english_concepts(run_dir)
     relations = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "relations"), filesystem=fs)
     dcfg = cfg.definitions
-    rows = with_facts(concepts, concepts, relations, dcfg.max_parents, dcfg.max_relations,
-                      dcfg.max_targets, parts, english_names(run_dir))
+    rows = with_facts(concepts, relations, english_names(run_dir), dcfg.max_parents,
+                      dcfg.max_relations, dcfg.max_targets, f"{staging}/_facts", fs, parts)
     if uses_generated_definitions(cfg, run_dir):
         # At most one per concept, and only for the concepts defined: broadcast.
         generated = read_definitions(run_dir, valid_only=not pcfg.keep_invalid_definitions) \
@@ -124,6 +125,7 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
         with_split, batch_format="pyarrow",
         fn_kwargs={"fraction": pcfg.validation_fraction, "seed": pcfg.seed, "buckets": buckets})
     write_shuffled_splits(pairs, staging, fs, pcfg.seed)
+    fs.delete_dir(f"{staging}/_facts")
     counts = {}
     for name in SPLITS:
         counts[f"{name}_pairs"] = count_rows(f"{staging}/{name}", fs)
@@ -157,12 +159,10 @@ def write_shuffled_splits(pairs, staging: str, fs, seed: int) -> None:
     all-to-all, and at 1M UMLS concepts it held 2.3 GB of pairs in the object store."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
-    import ray
 
     everything = f"{staging}/_buckets"
     pairs.write_parquet(everything, filesystem=fs, partition_cols=["split", "bucket"])
-    shuffle = ray.remote(num_cpus=1)(_shuffle_bucket)
-    tasks = []
+    calls = []
     for name in SPLITS:
         fs.create_dir(f"{staging}/{name}")
         found = fs.get_file_info(pafs.FileSelector(f"{everything}/split={name}",
@@ -171,9 +171,9 @@ def write_shuffled_splits(pairs, staging: str, fs, seed: int) -> None:
         if not folders:  # readers still need the schema
             pq.write_table(PAIR_SCHEMA.empty_table(), f"{staging}/{name}/empty.parquet",
                            filesystem=fs)
-        tasks += [shuffle.remote(folder, f"{staging}/{name}/part-{i:05d}.parquet", fs, seed)
+        calls += [(folder, f"{staging}/{name}/part-{i:05d}.parquet", fs, seed)
                   for i, folder in enumerate(folders)]
-    ray.get(tasks)
+    run_tasks(_shuffle_bucket, calls)
     if fs.get_file_info(everything).type != pafs.FileType.NotFound:  # none if no pairs
         fs.delete_dir(everything)
 

@@ -173,7 +173,7 @@ def test_user_prompt_of_a_concept_with_synonyms_types_and_relations():
 
 def test_prompt_follows_the_configured_template_and_synonym_cap():
     cfg = DefinitionsConfig(max_synonyms=1, system_prompt="S", user_prompt="[{name}]\n{facts}")
-    # A KG without relations: with_facts adds no columns at all.
+    # Concept rows without the facts columns (with_facts adds them): no relation lines.
     batch = pa.Table.from_pylist([CKD], schema=CONCEPT_SCHEMA)
     row = prompts.build_prompts(batch, cfg).to_pylist()[0]
     assert row["user_prompt"] == ("[Chronic kidney disease]\n"

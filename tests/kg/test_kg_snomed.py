@@ -2,9 +2,11 @@
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 
 from biolord_ray.config import DefinitionsConfig, KGConfig
@@ -25,10 +27,15 @@ def ray_session(ray_local):
     """Every test here may start Ray work: share the session's Ray instance (conftest)."""
 
 
+def read(cfg, num_partitions=2):
+    """``snomed.read``, its concepts assembled in a fresh folder."""
+    return snomed.read(cfg, tempfile.mkdtemp(prefix="snomed_concepts_"),
+                       pafs.LocalFileSystem(), num_partitions=num_partitions)
+
+
 def read_all(path):
     """Read a release as the ingest stage does: executing inside located_read_errors."""
-    tables = snomed.read(KGConfig(format="snomed", path=str(path), languages=["en"]),
-                         num_partitions=2)
+    tables = read(KGConfig(format="snomed", path=str(path), languages=["en"]))
     with located_read_errors(tables.files):
         concepts = {c["concept_id"]: c for c in tables.concepts.take_all()}
         relations = tables.relations.take_all()
@@ -151,7 +158,7 @@ def test_names_in_other_languages_rank_after_english_and_add_no_semantic_type():
 def test_missing_required_file(copy):
     (copy / RELATIONSHIP_FILE).unlink()
     with pytest.raises(KGFormatError, match=r"sct2_Relationship_\*Snapshot\*") as err:
-        snomed.read(KGConfig(format="snomed", path=str(copy)))
+        read(KGConfig(format="snomed", path=str(copy)))
     assert err.value.path == str(copy / "Snapshot")
 
 
@@ -160,7 +167,7 @@ def test_wrong_header(copy):
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("id\teffectiveTime\tactive\tmoduleId\r\n" + "".join(lines[1:]))
     with pytest.raises(KGFormatError, match="definitionStatusId") as err:
-        snomed.read(KGConfig(format="snomed", path=str(copy)))
+        read(KGConfig(format="snomed", path=str(copy)))
     assert (err.value.path, err.value.line) == (str(path), 1)
 
 
@@ -198,14 +205,13 @@ def test_duplicate_concept_id(copy):
     assert "txt line 5, " in str(err.value) and "txt line 16)" in str(err.value)
 
 
-def test_definition_prompts_from_snomed_facts():
-    tables = snomed.read(KGConfig(format="snomed", path=str(RELEASE), languages=["en"]),
-                         num_partitions=2)
+def test_definition_prompts_from_snomed_facts(tmp_path):
+    tables = read(KGConfig(format="snomed", path=str(RELEASE), languages=["en"]))
     with located_read_errors(tables.files):  # read once: both prompt datasets use them
         concepts, relations = tables.concepts.materialize(), tables.relations.materialize()
     prompts = {r["concept_id"]: r for r in
                prompt_dataset(concepts, relations, DefinitionsConfig(only_missing=False),
-                              2).take_all()}
+                              str(tmp_path / "all"), pafs.LocalFileSystem(), 2).take_all()}
     assert len(prompts) == 13
     diabetes = prompts["73211009"]["user_prompt"]
     assert "- also called: DM - Diabetes mellitus\n- semantic type: disorder\n" in diabetes
@@ -217,6 +223,7 @@ def test_definition_prompts_from_snomed_facts():
     # The attribute whose target is outside the release gives no fact (no name to show).
     assert "attribute_370135005" not in prompts["46635009"]["user_prompt"]
     only_missing = prompt_dataset(concepts, relations, DefinitionsConfig(only_missing=True),
+                                  str(tmp_path / "missing"), pafs.LocalFileSystem(),
                                   2).take_all()
     assert {r["concept_id"] for r in only_missing} == {
         cid for cid, r in prompts.items() if not r["has_definition"]}

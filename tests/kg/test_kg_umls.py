@@ -1,6 +1,7 @@
 import shutil
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
 from biolord_ray.config import DefinitionsConfig, load_config
@@ -65,14 +66,15 @@ def test_relations_from_mrrel(ingested):
     assert record["counts"]["concepts"] == 8 and record["counts"]["relations"] == 7
 
 
-def test_definition_prompts_from_umls_facts(ingested):
+def test_definition_prompts_from_umls_facts(ingested, tmp_path):
     import ray.data
 
     _, _, _, run_dir = ingested
     cfg = DefinitionsConfig(only_missing=False)
     prompts = prompt_dataset(
         ray.data.read_parquet(run_dir.output(ingest.STAGE, "concepts")),
-        ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations")), cfg, 2)
+        ray.data.read_parquet(run_dir.output(ingest.STAGE, "relations")), cfg,
+        str(tmp_path), pafs.LocalFileSystem(), 2)
     rows = {r["concept_id"]: r for r in prompts.take_all()}
     assert len(rows) == 8
     dm = rows["C0011849"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -79,13 +80,14 @@ def test_english_phases_leave_out_concepts_without_an_english_name(umls_run):
     assert set(names["concept_id"].to_pylist()) <= english
 
 
-def test_kg_pairs_from_a_snomed_ct_extension(ray_local):
+def test_kg_pairs_from_a_snomed_ct_extension(ray_local, tmp_path):
     """The fixture release read with its Dutch extension (the real RF2 layout of a national
     extension: its own module, descriptions and language refset)."""
     cfg = KGConfig(format="snomed", path=str(SNOMED / "SnomedCT_TestRF2_20250101"),
                    extensions=[str(SNOMED / "SnomedCT_TestExtensionNL_NL1000146_20250101")],
                    languages=["en", "nl", "SPA"])
-    rows = snomed.read(cfg, num_partitions=2).concepts.take_all()
+    rows = snomed.read(cfg, str(tmp_path), pafs.LocalFileSystem(),
+                       num_partitions=2).concepts.take_all()
     concepts = {c["concept_id"]: c for c in rows}
     # The extension names no new concept (its name of an unknown one is dropped), and the
     # English names stay preferred.
