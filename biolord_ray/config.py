@@ -87,9 +87,10 @@ class RayConfig:
     autoscaling: bool = False
     # A local instance keeps idle Ray worker processes for reuse, this long and this many at
     # most: on a small machine each join or group-by otherwise starts fresh Python processes
-    # (about 6 s each; runtime.py). An idle worker keeps what its last task left it (little
-    # since Arrow's jemalloc pool; fewer of them did not lower peaks at 1M UMLS concepts,
-    # README "Scale"). Cluster nodes take the same as RAY_* variables (runtime.small_node_env).
+    # (about 6 s each; runtime.py). Ray also starts workers up to max_idle_workers for a
+    # backlog of queued tasks, so the pipeline's own tasks are submitted no more than the
+    # CPUs at a time (buckets.run_tasks; README "Scale"). Cluster nodes take the same as
+    # RAY_* variables (runtime.small_node_env).
     idle_worker_seconds: float = 300.0
     max_idle_workers: int = 12
 
