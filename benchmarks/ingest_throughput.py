@@ -4,7 +4,7 @@ Generates realistic MRCONSO.RRF files (``synthetic_umls.generate_mrconso``; cach
 ``--data-dir``, keyed by size and seed), then, for each size, measures in fresh subprocesses:
 
 * **bare**: ``pyarrow.csv.read_csv`` of the whole file into one in-memory table, with the
-  same read/parse/convert options ``biolord_ray.kg.tables.read_delimited`` passes to Ray
+  same read/parse/convert options ``biolord_ray.kg.delimited.read_range`` parses with
   (pipe, no quoting, 19 column names, string types, the 9 columns ``umls.read`` keeps);
   median of ``--repeat`` runs. Peak memory = the kernel's high-water RSS (VmHWM) of that
   single process. For context (unless ``--no-breakdown``): a read of all 19 columns, a
@@ -272,7 +272,7 @@ class MemorySampler(threading.Thread):
 
 
 def _csv_options(keep: list[str] | None):
-    """Exactly the pyarrow options tables.read_delimited hands to ray.data.read_csv."""
+    """Exactly the pyarrow options delimited.read_range parses a range of a file with."""
     return dict(
         read_options=pacsv.ReadOptions(column_names=COLUMNS, skip_rows=0),
         parse_options=pacsv.ParseOptions(delimiter="|", quote_char=False, escape_char=False),

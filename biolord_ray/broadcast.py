@@ -30,12 +30,17 @@ MIN_BATCH_ROWS = 65_536  # rows per lookup call when the small side is smaller t
 
 
 def lookup_join(ds, table: pa.Table, on: list[str] | tuple[str, ...],
-                right_on: list[str] | tuple[str, ...] | None = None, how: str = "left_outer"):
+                right_on: list[str] | tuple[str, ...] | None = None, how: str = "left_outer",
+                whole_blocks: bool = False):
     """``ds`` joined with the in-memory ``table`` on ``on`` = ``right_on`` (string columns).
 
     ``left_outer``/``inner`` add ``table``'s other columns (nulls where none matches) and need
     its keys to be unique; ``left_semi``/``left_anti`` keep or drop ``ds``'s rows whose key
-    is in ``table``. Row order within a block is kept."""
+    is in ``table``. Row order within a block is kept.
+
+    ``whole_blocks``: look each block up whole, for a dataset read a file per task
+    (``run_dir.read_parquet``: its blocks are large already); asking for batches would stop
+    Ray Data from fusing the look-up with the read."""
     if how not in HOWS:
         raise ValueError(f"how must be one of {HOWS}, not {how!r}")
     right_on = list(right_on or on)
@@ -45,7 +50,8 @@ def lookup_join(ds, table: pa.Table, on: list[str] | tuple[str, ...],
     if how in ("left_outer", "inner") and pc.count_distinct(keys).as_py() != len(keys):
         raise ValueError(f"lookup_join: the keys {right_on} of the broadcast side repeat")
     extra = table.drop_columns(right_on) if how in ("left_outer", "inner") else None
-    return ds.map_batches(_lookup, batch_size=max(len(table), MIN_BATCH_ROWS),
+    return ds.map_batches(_lookup, batch_size=None if whole_blocks
+                          else max(len(table), MIN_BATCH_ROWS),
                           batch_format="pyarrow", zero_copy_batch=True,
                           fn_kwargs={"keys": keys.combine_chunks(), "extra": extra,
                                      "on": list(on), "how": how})

@@ -46,8 +46,13 @@ def files_bytes(paths: list[str]) -> int:
 
 @dataclass(frozen=True)
 class Keyed:
-    """An input of ``map_by_key``: a Ray Dataset, the column its rows are grouped by, and the
-    schema of its rows (what the function is given when a bucket has none of them)."""
+    """An input of ``map_by_key``: a Ray Dataset (or a list of them, one input), the column
+    its rows are grouped by, and the schema of its rows (what the function is given when a
+    bucket has none of them).
+
+    A list is written into the buckets dataset by dataset: each read then fuses with the
+    bucketing and the write after it, where a ``union`` would pass every block through the
+    object store (they pile up there when the reads outrun the write)."""
 
     dataset: object
     key: str
@@ -80,9 +85,12 @@ def map_by_key(inputs: dict[str, Keyed], buckets: int, fn, out: str, fs: pafs.Fi
             fs.delete_dir(stale)
     folders: dict[int, dict[str, str]] = {}  # bucket -> input name -> its folder
     for name, keyed in inputs.items():
-        keyed.dataset.map_batches(with_bucket, batch_format="pyarrow",
-                                  fn_kwargs={"key": keyed.key, "buckets": buckets}) \
-            .write_parquet(f"{scratch}/{name}", filesystem=fs, partition_cols=[BUCKET_COLUMN])
+        datasets = keyed.dataset if isinstance(keyed.dataset, list) else [keyed.dataset]
+        for dataset in datasets:  # appended to the same folders
+            dataset.map_batches(with_bucket, batch_format="pyarrow",
+                                fn_kwargs={"key": keyed.key, "buckets": buckets}) \
+                .write_parquet(f"{scratch}/{name}", filesystem=fs,
+                               partition_cols=[BUCKET_COLUMN])
         found = fs.get_file_info(pafs.FileSelector(f"{scratch}/{name}", allow_not_found=True))
         for info in found:
             if info.type == pafs.FileType.Directory:

@@ -185,7 +185,8 @@ class KGConfig(KGSource):
     # Keep only the first N concepts of the KG (deterministic: sorted by id) and the relations
     # among them; None keeps all. The embedded default uses a slice so it finishes in minutes.
     max_concepts: int | None = 1000
-    # Ray Data output: rows per Parquet file.
+    # Rows per Parquet file of the ingested concepts. Later stages read a file per task and
+    # write a file per file read (run_dir.read_parquet), so this bounds a task's rows there.
     rows_per_file: int = 100_000
     # The fewest buckets (tasks) that group rows by concept: the facts of each concept at
     # ingest, relations to de-duplicate, each concept's facts for prompts and pairs. More

@@ -13,12 +13,11 @@ functions that need them.
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biolord_ray import stages
 from biolord_ray.config import PipelineConfig
-from biolord_ray.run_dir import RunDir
+from biolord_ray.run_dir import RunDir, read_parquet
 
 # The splits of the stages that hold out a validation set (build_pairs, teacher_targets,
 # parallel_data), each an output of that name.
@@ -32,24 +31,10 @@ def english_concepts(run_dir: RunDir):
     """The ingested concepts with an English name, as a Ray Dataset: what the English phases
     (definition prompts, training pairs, evaluation sets) read. A concept named only in other
     languages (kept by kg.languages for the multilingual student) has no English text."""
-    import ray.data
     from ray.data.expressions import col
 
-    concepts = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "concepts"),
-                                     filesystem=run_dir.fs)
+    concepts = read_parquet(run_dir.output(stages.INGEST_KG, "concepts"), run_dir.fs)
     return concepts.filter(expr=col("preferred_name_language") == "en")
-
-
-def english_names(run_dir: RunDir) -> pa.Table:
-    """``concept_id`` and ``preferred_name`` of the concepts with an English name, read in
-    this process (two short strings per concept): the lookup table that names relation
-    targets."""
-    import pyarrow.dataset as pads
-
-    return pads.dataset(run_dir.output(stages.INGEST_KG, "concepts"), filesystem=run_dir.fs,
-                        format="parquet").to_table(
-        columns=["concept_id", "preferred_name"],
-        filter=pc.field("preferred_name_language") == "en")
 
 
 # ---------------------------------------------------------------------------------------

@@ -44,8 +44,9 @@ def test_rows_of_a_key_meet_across_blocks_and_inputs(tmp_path):
     import ray.data
 
     ids = [f"C{i % 37:03d}" for i in range(2000)]
-    left = ray.data.from_arrow(pa.table({"id": ids, "value": list(range(2000))}, schema=LEFT)) \
-        .repartition(8)  # each id in several blocks
+    rows = pa.table({"id": ids, "value": list(range(2000))}, schema=LEFT)
+    # One input given as two datasets, each id in both and in several blocks of each.
+    left = [ray.data.from_arrow(rows.slice(start, 1000)).repartition(4) for start in (0, 1000)]
     right = ray.data.from_arrow(pa.table({"key": ["C001", "C001", "C002", "X"],
                                           "label": list("abcd")}, schema=RIGHT))
     out = str(tmp_path / "out")

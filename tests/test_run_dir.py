@@ -82,3 +82,26 @@ def test_fingerprint_sees_every_file_of_a_directory(tmp_path):
     assert set(after["files"]) == {"a.RRF", "b.RRF"} and before != after
     with pytest.raises(FileNotFoundError):
         fingerprint(str(tmp_path / "missing"))
+
+
+def test_a_folder_is_read_a_file_per_task_fused_with_the_map_and_write(ray_local, tmp_path):
+    """Three files in, three out, each read, mapped and written by one task: Ray Data splits
+    no read (which would keep it from fusing with the map and the write)."""
+    import pyarrow.fs as pafs
+
+    from biolord_ray.run_dir import read_parquet, write_parquet
+
+    fs = pafs.LocalFileSystem()
+    schema = pa.schema([("id", pa.string())])
+    (tmp_path / "in").mkdir()
+    for n in range(3):
+        pq.write_table(pa.table({"id": [f"{n}-{i}" for i in range(5000)]}, schema=schema),
+                       tmp_path / "in" / f"part-{n}.parquet")
+    ds = read_parquet(str(tmp_path / "in"), fs).map_batches(
+        lambda batch: batch.append_column("upper", pa.compute.utf8_upper(batch["id"])),
+        batch_format="pyarrow")
+    write_parquet(ds, str(tmp_path / "out"), fs, schema, min_rows_per_file=None)
+    sources = [{row.split("-")[0] for row in pq.read_table(f).column("id").to_pylist()}
+               for f in sorted((tmp_path / "out").iterdir())]
+    assert sorted(sources) == [{"0"}, {"1"}, {"2"}]  # a file out per file in, all its rows
+    assert pq.read_table(tmp_path / "out").num_rows == 15000

@@ -40,8 +40,8 @@ from biolord_ray.definitions.prompts import (
     template_hash,
 )
 from biolord_ray.models import resolve_model
-from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
-from biolord_ray.stage_outputs import DEFINITION_SCHEMA, english_concepts, english_names
+from biolord_ray.run_dir import RunDir, StageOutputs, read_parquet, run_stage, write_parquet
+from biolord_ray.stage_outputs import DEFINITION_SCHEMA, english_concepts
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,6 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
 def _write_prompts(cfg: PipelineConfig, run_dir: RunDir, path: str) -> tuple[str, dict]:
     """Prompts as Parquet, written once per template, selection and KG, and how many concepts
     were candidates and selected (kept in a marker that says the prompts are whole)."""
-    import ray.data
-
     fs = run_dir.fs
     marker = f"{path}/_COMPLETE"
     if fs.get_file_info(marker).type == pafs.FileType.File:
@@ -161,11 +159,11 @@ def _write_prompts(cfg: PipelineConfig, run_dir: RunDir, path: str) -> tuple[str
         fs.delete_dir(path)
     dcfg = cfg.definitions
     concepts = english_concepts(run_dir)
-    relations = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "relations"), filesystem=fs)
+    relations = read_parquet(run_dir.output(stages.INGEST_KG, "relations"), fs)
     facts = f"{path}.facts"  # the concepts with their facts, until the prompts are written
     dataset = prompt_dataset(concepts, relations, dcfg, facts, fs, cfg.kg.shuffle_partitions,
-                             english_names(run_dir))
-    write_parquet(dataset, path, fs, PROMPT_SCHEMA, cfg.kg.rows_per_file)
+                             run_dir.completed(stages.INGEST_KG)["counts"]["concepts"])
+    write_parquet(dataset, path, fs, PROMPT_SCHEMA, min_rows_per_file=None)  # a file per bucket
     fs.delete_dir(facts)
     selected = len(_ids(fs, path))
     # Counting the candidates costs one more pass over the concepts, only needed under a cap.

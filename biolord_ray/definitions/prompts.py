@@ -16,11 +16,12 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biolord_ray.broadcast import lookup_join
 from biolord_ray.buckets import Keyed, buckets_for_rows, map_by_key
 from biolord_ray.config import DefinitionsConfig
 from biolord_ray.definitions.selection import select_concepts
 from biolord_ray.kg.schema import CONCEPT_SCHEMA, IS_A
+from biolord_ray.run_dir import read_parquet
+from biolord_ray.slices import per_slice
 
 PROMPT_SCHEMA = pa.schema([
     ("concept_id", pa.string()),
@@ -32,7 +33,6 @@ PROMPT_SCHEMA = pa.schema([
     ("concept_terms", pa.list_(pa.string())),
 ])
 
-BATCH_ROWS = 4096  # concepts per Python pass (build_prompts, training pairs)
 
 FACTS_SCHEMA = pa.schema([
     ("head_id", pa.string()),
@@ -86,6 +86,7 @@ def collect_facts(group: pa.Table, max_parents: int, max_relations: int,
     return pa.table(out, schema=FACTS_SCHEMA)
 
 
+@per_slice
 def build_prompts(batch: pa.Table, cfg: DefinitionsConfig) -> pa.Table:
     """Concept rows joined with their facts -> prompt rows (PROMPT_SCHEMA)."""
     rows = {name: [] for name in PROMPT_SCHEMA.names}
@@ -127,54 +128,68 @@ def _without_definition(batch: pa.Table) -> pa.Table:
 
 
 def prompt_dataset(concepts, relations, cfg: DefinitionsConfig, work_dir: str, fs,
-                   minimum_buckets: int, names: pa.Table | None = None):
+                   minimum_buckets: int, concept_rows: int | None = None):
     """Ray Dataset of prompts (PROMPT_SCHEMA) for the concepts ``cfg`` selects, their facts
-    gathered now into ``work_dir`` (``with_facts``; ``names``: the KG's concept names, else
-    read from ``concepts``)."""
-    import ray
-
-    if names is None:
-        names = pa.concat_tables(ray.get(concepts.select_columns(
-            ["concept_id", "preferred_name"]).to_arrow_refs()))
+    gathered now into ``work_dir`` (``with_facts``; the targets named from ``concepts``, of
+    which there are ``concept_rows``, or at most that many: counted when not given)."""
     selected = select_concepts(candidate_concepts(concepts, cfg), cfg)
-    joined = with_facts(selected, relations, names, cfg.max_parents, cfg.max_relations,
-                        cfg.max_targets, work_dir, fs, minimum_buckets)
-    # Bounded batches: a Python pass over a whole joined partition grows with the KG.
-    return joined.map_batches(build_prompts, batch_size=BATCH_ROWS, batch_format="pyarrow",
-                              fn_kwargs={"cfg": cfg})
+    joined = with_facts(selected, relations, concepts, cfg.max_parents, cfg.max_relations,
+                        cfg.max_targets, work_dir, fs, minimum_buckets, concept_rows)
+    return joined.map_batches(build_prompts, batch_format="pyarrow", fn_kwargs={"cfg": cfg})
 
 
+RELATION_TARGET_SCHEMA = pa.schema([("head_id", pa.string()), ("relation", pa.string()),
+                                    ("tail_id", pa.string())])
+NAME_SCHEMA = pa.schema([("concept_id", pa.string()), ("preferred_name", pa.string())])
 NAMED_RELATION_SCHEMA = pa.schema([("head_id", pa.string()), ("relation", pa.string()),
                                    ("tail_name", pa.string())])
 WITH_FACTS_SCHEMA = CONCEPT_SCHEMA.append(FACTS_SCHEMA.field("relations")) \
     .append(FACTS_SCHEMA.field("targets"))
 
 
-def with_facts(selected, relations, names: pa.Table, max_parents: int, max_relations: int,
-               max_targets: int, work_dir: str, fs, minimum_buckets: int):
+def with_facts(selected, relations, names, max_parents: int, max_relations: int,
+               max_targets: int, work_dir: str, fs, minimum_buckets: int,
+               name_rows: int | None = None):
     """``selected`` concepts with two more columns, ``relations`` and ``targets`` (their
     sorted, capped facts, null without any; see ``collect_facts``), written to ``work_dir``
-    now and returned as a Ray Dataset reading them. Target names come from ``names``
-    (``concept_id``, ``preferred_name``: one row per concept of the KG).
+    now and returned as a Ray Dataset reading them. Target names come from ``names`` (a Ray
+    Dataset with ``concept_id`` and ``preferred_name``, one row per concept: ``name_rows``
+    of them, or at most that many; counted when not given).
 
-    Target names are looked up in a broadcast table of names; the concepts and their named
-    relations are then bucketed by concept through files (``buckets.map_by_key``) and each
-    bucket's facts are collected and joined to its concepts with Arrow: one bucket in memory
-    per task, where Ray Data's hash repartition and join held partitions growing with the KG
-    in their aggregator actors."""
-    import ray.data
-
-    names = names.select(["concept_id", "preferred_name"]).rename_columns(
-        ["tail_id", "tail_name"])
-    named = lookup_join(relations.select_columns(["head_id", "relation", "tail_id"]), names,
-                        on=["tail_id"], how="inner").select_columns(NAMED_RELATION_SCHEMA.names)
-    buckets = buckets_for_rows(relations.count() + names.num_rows, minimum_buckets)
+    Two passes through buckets of files (``buckets.map_by_key``): the relations meet their
+    targets' names in buckets of target ids, then the named relations meet their heads in
+    buckets of concept ids, where each bucket's facts are collected and joined to its
+    concepts with Arrow. One bucket in memory per task: the names are not broadcast (every
+    worker would hold all of them, and look-up batches as large, growing with the KG), nor
+    joined by Ray Data's hash join (its aggregator actors hold partitions growing with it)."""
+    relation_rows = relations.count()
+    name_rows = names.count() if name_rows is None else name_rows
+    buckets = buckets_for_rows(relation_rows + name_rows, minimum_buckets)
+    named = f"{work_dir}.named"
+    map_by_key({"relations": Keyed(relations.select_columns(RELATION_TARGET_SCHEMA.names),
+                                   "tail_id", RELATION_TARGET_SCHEMA),
+                "names": Keyed(names.select_columns(NAME_SCHEMA.names), "concept_id",
+                               NAME_SCHEMA)},
+               buckets, _name_targets, named, fs, NAMED_RELATION_SCHEMA)
     map_by_key({"concepts": Keyed(selected, "concept_id", CONCEPT_SCHEMA),
-                "relations": Keyed(named, "head_id", NAMED_RELATION_SCHEMA)},
+                "relations": Keyed(read_parquet(named, fs, schema=NAMED_RELATION_SCHEMA),
+                                   "head_id", NAMED_RELATION_SCHEMA)},
                buckets, _join_facts, work_dir, fs, WITH_FACTS_SCHEMA, {
                    "max_parents": max_parents, "max_relations": max_relations,
                    "max_targets": max_targets})
-    return ray.data.read_parquet(work_dir, filesystem=fs, schema=WITH_FACTS_SCHEMA)
+    fs.delete_dir(named)
+    return read_parquet(work_dir, fs, schema=WITH_FACTS_SCHEMA)
+
+
+def _name_targets(relations: pa.Table, names: pa.Table) -> pa.Table:
+    """One bucket of target ids: its relations with their target's name; a relation whose
+    target has none (not in ``names``: outside the KG or without an English name) is
+    dropped."""
+    at = pc.index_in(relations["tail_id"], value_set=names["concept_id"])
+    named = pc.is_valid(at)
+    return pa.table([relations["head_id"].filter(named), relations["relation"].filter(named),
+                     names["preferred_name"].take(at.filter(named))],
+                    schema=NAMED_RELATION_SCHEMA)
 
 
 def _join_facts(concepts: pa.Table, relations: pa.Table, **caps) -> pa.Table:

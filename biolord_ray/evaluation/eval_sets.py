@@ -27,7 +27,8 @@ from biolord_ray import stages
 from biolord_ray.config import EvalConfig, PipelineConfig
 from biolord_ray.keys import draw, normalise
 from biolord_ray.kg.schema import IS_A
-from biolord_ray.run_dir import RunDir, StageOutputs, run_stage, write_parquet
+from biolord_ray.run_dir import RunDir, StageOutputs, read_parquet, run_stage, write_parquet
+from biolord_ray.slices import per_slice
 from biolord_ray.stage_outputs import english_concepts
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
                      lambda staging: _build(cfg.eval, run_dir, staging), force=force)
 
 
+@per_slice
 def split_names(batch: pa.Table, fraction: float, synonym_types: list[str],
                 seed: int) -> pa.Table:
     """One row per distinct name of each concept, with the held-out synonyms marked."""
@@ -84,6 +86,7 @@ def split_names(batch: pa.Table, fraction: float, synonym_types: list[str],
     return pa.table(rows, schema=NAMES_SCHEMA)
 
 
+@per_slice
 def held_out_definitions(batch: pa.Table, fraction: float, seed: int) -> pa.Table:
     """The first definition of a seeded fraction of the concepts that have one."""
     rows = {name: [] for name in DEFINITIONS_SCHEMA.names}
@@ -119,10 +122,12 @@ def _build(cfg: EvalConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     names = concepts.map_batches(split_names, batch_format="pyarrow", fn_kwargs={
         "fraction": cfg.holdout_fraction, "synonym_types": cfg.holdout_synonym_types,
         "seed": cfg.seed})
-    write_parquet(names, f"{staging}/names", fs, NAMES_SCHEMA)
+    # A file per concepts file: the read, the pass and the write stay one task each.
+    write_parquet(names, f"{staging}/names", fs, NAMES_SCHEMA, min_rows_per_file=None)
     definitions = concepts.map_batches(held_out_definitions, batch_format="pyarrow", fn_kwargs={
         "fraction": cfg.holdout_fraction, "seed": cfg.seed})
-    write_parquet(definitions, f"{staging}/definitions", fs, DEFINITIONS_SCHEMA)
+    write_parquet(definitions, f"{staging}/definitions", fs, DEFINITIONS_SCHEMA,
+                  min_rows_per_file=None)
 
     hierarchy = _hierarchy_pairs(cfg, run_dir)
     fs.create_dir(f"{staging}/hierarchy")
@@ -151,10 +156,8 @@ def _hierarchy_pairs(cfg: EvalConfig, run_dir: RunDir) -> pa.Table:
     cannot be won by telling general "parent-like" names from specific ones.
     """
     import ray
-    import ray.data
 
-    relations = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "relations"),
-                                      filesystem=run_dir.fs) \
+    relations = read_parquet(run_dir.output(stages.INGEST_KG, "relations"), run_dir.fs) \
         .select_columns(["head_id", "relation", "tail_id"])
     # One pass: each block keeps its lowest draws, the driver the lowest of those (memory:
     # max_hierarchy_pairs rows per block).

@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biolord_ray import stages
-from biolord_ray.broadcast import lookup_join
 from biolord_ray.buckets import Keyed, buckets_for_bytes, files_bytes, map_by_key
 from biolord_ray.config import BUNDLED_KG_FORMATS, KGConfig, KGSource, PipelineConfig, to_dict
 from biolord_ray.kg import merge, mondo, obo
@@ -31,6 +30,7 @@ from biolord_ray.run_dir import (
     StageOutputs,
     count_rows,
     fingerprint,
+    read_parquet,
     run_stage,
     write_parquet,
 )
@@ -137,13 +137,16 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
             concepts = concepts.sort("concept_id").limit(cfg.max_concepts)
         write_parquet(concepts, f"{staging}/concepts", fs, CONCEPT_SCHEMA, cfg.rows_per_file)
         # Relations are deduplicated (UMLS states one relation once per source vocabulary)
-        # and written aside before filtering, so their count costs no second read of MRREL.
+        # and written aside, marked whether their head is a kept concept; a second pass
+        # keeps those whose tail is one too. Both through buckets of files (the relations
+        # meet the kept ids of their heads, then of their tails): a broadcast of the ids
+        # would put all of them in every worker, with look-up batches as large.
         buckets = buckets_for_bytes(files_bytes([path for path, *_ in tables.files]),
                                     cfg.shuffle_partitions)
-        map_by_key({"relations": Keyed(relations, "head_id", RELATION_SCHEMA)}, buckets,
-                   dedupe_relations, f"{work}/relations", fs, RELATION_SCHEMA)
-
-    import ray.data
+        ids = Keyed(read_parquet(f"{staging}/concepts", fs, columns=["concept_id"]),
+                    "concept_id", ID_SCHEMA)
+        map_by_key({"relations": Keyed(relations, "head_id", RELATION_SCHEMA), "ids": ids},
+                   buckets, dedupe_relations, f"{work}/relations", fs, MARKED_SCHEMA)
 
     n_concepts = count_rows(f"{staging}/concepts", fs)
     counts["concepts_without_english_name"] = n_concepts - count_rows(
@@ -151,19 +154,16 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     if n_concepts == 0:
         raise KGFormatError(cfg.path or cfg.describe(), "no concepts were read (check "
                             "kg.languages and kg.vocabularies)")
-    # The kept concept ids, broadcast to drop relations whose head or tail is not one of them
-    # (one map; hash joins would shuffle the relations twice).
-    ids = pq.read_table(f"{staging}/concepts", filesystem=fs, columns=["concept_id"])
     if len(cfg.source_list()) > 1:
-        sources = pc.list_element(pc.split_pattern(ids["concept_id"], ":", max_splits=1), 0)
+        found = pq.read_table(f"{staging}/concepts", filesystem=fs, columns=["concept_id"])
+        sources = pc.list_element(pc.split_pattern(found["concept_id"], ":", max_splits=1), 0)
         counts["concepts_by_source"] = {
             row["values"]: row["counts"]
             for row in pc.value_counts(sources.combine_chunks()).to_pylist()}
     n_all_relations = count_rows(f"{work}/relations", fs)
-    kept = ray.data.read_parquet(f"{work}/relations", filesystem=fs)
-    for end in ("head_id", "tail_id"):
-        kept = lookup_join(kept, ids, on=[end], right_on=["concept_id"], how="left_semi")
-    write_parquet(kept, f"{staging}/relations", fs, RELATION_SCHEMA, cfg.rows_per_file)
+    map_by_key({"relations": Keyed(read_parquet(f"{work}/relations", fs), "tail_id",
+                                   MARKED_SCHEMA), "ids": ids},
+               buckets, kept_relations, f"{staging}/relations", fs, RELATION_SCHEMA)
     fs.delete_dir(work)
     n_relations = count_rows(f"{staging}/relations", fs)
     sliced = any(s.max_concepts is not None for s in [cfg, *cfg.sources])
@@ -177,12 +177,25 @@ def _build(cfg: KGConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     return StageOutputs(outputs=outputs, counts=counts)
 
 
-def dedupe_relations(relations: pa.Table) -> pa.Table:
-    """Each (head, relation, tail) once, with the first of its sources (every row of a head
-    is in ``relations``)."""
-    return relations.group_by(["head_id", "relation", "tail_id"]) \
+ID_SCHEMA = pa.schema([("concept_id", pa.string())])
+MARKED_SCHEMA = RELATION_SCHEMA.append(pa.field("head_kept", pa.bool_()))
+
+
+def dedupe_relations(relations: pa.Table, ids: pa.Table) -> pa.Table:
+    """A bucket of head ids: each (head, relation, tail) once, with the first of its sources,
+    and whether its head is one of the kept concepts' ``ids``."""
+    deduped = relations.group_by(["head_id", "relation", "tail_id"]) \
         .aggregate([("source", "min")]).rename_columns(
             {"source_min": "source"}).select(RELATION_SCHEMA.names)
+    return deduped.append_column("head_kept", pc.is_in(deduped["head_id"],
+                                                       value_set=ids["concept_id"]))
+
+
+def kept_relations(relations: pa.Table, ids: pa.Table) -> pa.Table:
+    """A bucket of tail ids: the relations whose head and tail are both kept concepts."""
+    kept = pc.and_(relations["head_kept"], pc.is_in(relations["tail_id"],
+                                                    value_set=ids["concept_id"]))
+    return relations.filter(kept).select(RELATION_SCHEMA.names)
 
 
 def read_concepts(run_dir: RunDir) -> pa.Table:

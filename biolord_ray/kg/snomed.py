@@ -114,8 +114,9 @@ def read(cfg: KGSource, work_dir: str, fs, num_partitions: int = 16) -> KGTables
     def rf2(pattern: str, keep: list[str]):
         return read_delimited(files[pattern], COLUMNS[pattern], keep, "\t", header=True)
 
-    facts = rf2(CONCEPTS, ["id", "active"]).map_batches(
-        concepts_to_facts, batch_format="pyarrow")
+    # A list, not a union: each file's read fuses with the bucketing (buckets.Keyed).
+    facts = [rf2(CONCEPTS, ["id", "active"]).map_batches(
+        concepts_to_facts, batch_format="pyarrow")]
 
     descriptions = rf2(DESCRIPTIONS, ["id", "active", "conceptId", "languageCode", "typeId",
                                       "term"]).map_batches(
@@ -127,11 +128,11 @@ def read(cfg: KGSource, work_dir: str, fs, num_partitions: int = 16) -> KGTables
             fn_kwargs={"refset_id": cfg.snomed_language_refset})
         descriptions = descriptions.join(members, "left_outer", num_partitions=num_partitions,
                                          on=("id",))
-    facts = facts.union(descriptions.map_batches(descriptions_to_facts, batch_format="pyarrow"))
+    facts.append(descriptions.map_batches(descriptions_to_facts, batch_format="pyarrow"))
 
     if DEFINITIONS in files:
-        facts = facts.union(rf2(DEFINITIONS, ["active", "conceptId", "languageCode",
-                                              "term"]).map_batches(
+        facts.append(rf2(DEFINITIONS, ["active", "conceptId", "languageCode",
+                                       "term"]).map_batches(
             definitions_to_facts, batch_format="pyarrow", fn_kwargs={"languages": languages}))
 
     relationships = rf2(RELATIONSHIPS, ["active", "sourceId", "destinationId", "typeId"])

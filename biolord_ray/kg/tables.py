@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from biolord_ray.buckets import Keyed, buckets_for_bytes, files_bytes, map_by_key
 from biolord_ray.kg.errors import KGFormatError, find_lines, locate_bad_line
 from biolord_ray.kg.schema import CONCEPT_SCHEMA, SYNONYM
+from biolord_ray.run_dir import read_parquet
 
 FACT_SCHEMA = pa.schema([
     ("concept_id", pa.string()),
@@ -48,22 +48,20 @@ class KGTables:
 
 def read_delimited(path: str | list[str], columns: list[str], keep: list[str], delimiter: str,
                    header: bool):
-    """Stream a delimited release file as a Ray Dataset of string columns ``keep``.
+    """Stream a delimited release file as a Ray Dataset of string columns ``keep``, one read
+    task per byte range of it (``delimited.DelimitedRanges``).
 
     No quoting: RRF and RF2 fields may contain quotes, and neither format quotes fields.
     """
     import ray.data
 
-    return ray.data.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(column_names=columns, skip_rows=1 if header else 0),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False,
-                                         escape_char=False),
-        convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in columns}, include_columns=keep,
-            strings_can_be_null=False, quoted_strings_can_be_null=False),
-        file_extensions=None,
-    )
+    from biolord_ray.kg.delimited import DelimitedRanges
+
+    source = DelimitedRanges([path] if isinstance(path, str) else list(path), columns, keep,
+                             delimiter, header)
+    # As many blocks as ranges: asking for more would make Ray Data split each task's output,
+    # which keeps the read from fusing with the maps after it.
+    return ray.data.read_datasource(source, override_num_blocks=len(source.ranges))
 
 
 @contextlib.contextmanager
@@ -97,8 +95,8 @@ def _kg_format_cause(err: BaseException) -> KGFormatError | None:
 
 def assemble_concepts(facts, work_dir: str, fs, files: list[tuple[str, str, int, bool]],
                       concept_files: list[str] | None = None, minimum_buckets: int = 16):
-    """Group facts by concept into rows of CONCEPT_SCHEMA, written to ``work_dir`` now (a
-    lazy dataset of them is returned).
+    """Group facts (a Ray Dataset, or a list of them: one per release file) by concept into
+    rows of CONCEPT_SCHEMA, written to ``work_dir`` now (a lazy dataset of them is returned).
 
     The facts are bucketed by concept id through files (``buckets.map_by_key``: every fact
     of a concept in one bucket, one bucket in memory per task, more buckets as the release
@@ -113,14 +111,13 @@ def assemble_concepts(facts, work_dir: str, fs, files: list[tuple[str, str, int,
     dropped (their names belong to an inactive or filtered concept) and a duplicate is an
     error naming the file.
     """
-    import ray.data
 
     buckets = buckets_for_bytes(files_bytes([path for path, *_ in files]), minimum_buckets)
     with located_read_errors(files):
         map_by_key({"facts": Keyed(facts, "concept_id", FACT_SCHEMA)}, buckets,
                    concepts_from_facts, work_dir, fs, CONCEPT_SCHEMA,
                    {"concept_files": concept_files})
-    return ray.data.read_parquet(work_dir, filesystem=fs, schema=CONCEPT_SCHEMA)
+    return read_parquet(work_dir, fs, schema=CONCEPT_SCHEMA)
 
 
 def concepts_from_facts(facts: pa.Table, concept_files: list[str] | None = None) -> pa.Table:

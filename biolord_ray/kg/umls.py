@@ -61,15 +61,16 @@ def read(cfg: KGSource, work_dir: str, fs, num_partitions: int = 16,
     def rrf(name: str, keep: list[str]):
         return read_delimited(files[name], columns[name] + ["_end"], keep, "|", header=False)
 
-    facts = rrf("MRCONSO.RRF", ["CUI", "LAT", "TS", "STT", "ISPREF", "SAB", "TTY", "CODE",
-                                "STR", "SUPPRESS"]).map_batches(
+    # A list, not a union: each file's read fuses with the bucketing (buckets.Keyed).
+    facts = [rrf("MRCONSO.RRF", ["CUI", "LAT", "TS", "STT", "ISPREF", "SAB", "TTY", "CODE",
+                                 "STR", "SUPPRESS"]).map_batches(
         names_to_facts, batch_format="pyarrow",
-        fn_kwargs={**options, "xref_namespaces": [n.upper() for n in xref_namespaces]})
+        fn_kwargs={**options, "xref_namespaces": [n.upper() for n in xref_namespaces]})]
     if "MRDEF.RRF" in files:
-        facts = facts.union(rrf("MRDEF.RRF", ["CUI", "SAB", "DEF", "SUPPRESS"]).map_batches(
+        facts.append(rrf("MRDEF.RRF", ["CUI", "SAB", "DEF", "SUPPRESS"]).map_batches(
             definitions_to_facts, batch_format="pyarrow", fn_kwargs=options))
     if "MRSTY.RRF" in files:
-        facts = facts.union(rrf("MRSTY.RRF", ["CUI", "STY"]).map_batches(
+        facts.append(rrf("MRSTY.RRF", ["CUI", "STY"]).map_batches(
             semantic_types_to_facts, batch_format="pyarrow"))
     relations = rrf("MRREL.RRF", ["CUI1", "REL", "CUI2", "RELA", "SAB", "SUPPRESS"]).map_batches(
         relations_from_mrrel, batch_format="pyarrow", fn_kwargs=options)

@@ -22,20 +22,21 @@ from biolord_ray import keys, stages
 from biolord_ray.broadcast import lookup_join
 from biolord_ray.buckets import run_tasks
 from biolord_ray.config import PipelineConfig
-from biolord_ray.definitions.prompts import BATCH_ROWS, relation_label, with_facts
+from biolord_ray.definitions.prompts import relation_label, with_facts
 from biolord_ray.run_dir import (
     RunDir,
     StageOutputs,
     count_distinct,
     count_rows,
+    read_parquet,
     run_stage,
     shuffle_partitions,
 )
+from biolord_ray.slices import per_slice
 from biolord_ray.stage_outputs import (
     GENERATED_DEFINITION_SOURCE,
     SPLITS,
     english_concepts,
-    english_names,
     read_definitions,
 )
 
@@ -69,6 +70,7 @@ def description(name: str, relations: list[str], targets: list[str]) -> str:
                     for r, t in zip(relations, targets, strict=True))
 
 
+@per_slice
 def make_pairs(batch: pa.Table, max_per_concept: int, seed: int,
                use_descriptions: bool) -> pa.Table:
     """Concept rows (with facts and generated definitions) -> capped, de-duplicated pairs."""
@@ -100,26 +102,24 @@ def make_pairs(batch: pa.Table, max_per_concept: int, seed: int,
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
-    import ray.data
-
     pcfg, fs, parts = cfg.pairs, run_dir.fs, cfg.kg.shuffle_partitions
     concepts = english_concepts(run_dir)
-    relations = ray.data.read_parquet(run_dir.output(stages.INGEST_KG, "relations"), filesystem=fs)
+    relations = read_parquet(run_dir.output(stages.INGEST_KG, "relations"), fs)
     dcfg = cfg.definitions
-    rows = with_facts(concepts, relations, english_names(run_dir), dcfg.max_parents,
-                      dcfg.max_relations, dcfg.max_targets, f"{staging}/_facts", fs, parts)
+    kg_concepts = run_dir.completed(stages.INGEST_KG)["counts"]["concepts"]
+    rows = with_facts(concepts, relations, concepts, dcfg.max_parents, dcfg.max_relations,
+                      dcfg.max_targets, f"{staging}/_facts", fs, parts, kg_concepts)
     if uses_generated_definitions(cfg, run_dir):
         # At most one per concept, and only for the concepts defined: broadcast.
         generated = read_definitions(run_dir, valid_only=not pcfg.keep_invalid_definitions) \
             .select(["concept_id", "definition"]).rename_columns(["concept_id", "generated"])
         if generated.num_rows:
-            rows = lookup_join(rows, generated, on=["concept_id"])
-    pairs = rows.map_batches(make_pairs, batch_size=BATCH_ROWS, batch_format="pyarrow", fn_kwargs={
+            rows = lookup_join(rows, generated, on=["concept_id"], whole_blocks=True)
+    pairs = rows.map_batches(make_pairs, batch_format="pyarrow", fn_kwargs={
         "max_per_concept": pcfg.max_pairs_per_concept, "seed": pcfg.seed,
         "use_descriptions": pcfg.descriptions})
     # Buckets of at most ROWS_PER_PARTITION pairs (what one shuffle task holds), counting the
     # most pairs every concept of the KG could give.
-    kg_concepts = run_dir.completed(stages.INGEST_KG)["counts"]["concepts"]
     buckets = shuffle_partitions(kg_concepts * pcfg.max_pairs_per_concept, 1)
     pairs = _without_held_out(pairs, run_dir).map_batches(
         with_split, batch_format="pyarrow",
@@ -208,5 +208,6 @@ def _without_held_out(pairs, run_dir: RunDir):
         held = held.group_by(["concept_id", "text"]).aggregate([])  # keys once
         if held.num_rows:
             pairs = lookup_join(pairs, held, on=["concept_id", column],
-                                right_on=["concept_id", "text"], how="left_anti")
+                                right_on=["concept_id", "text"], how="left_anti",
+                                whole_blocks=True)
     return pairs.select_columns(PAIR_SCHEMA.names)
