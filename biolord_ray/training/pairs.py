@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from biolord_ray import keys, stages
 from biolord_ray.broadcast import lookup_join
@@ -51,6 +52,14 @@ PAIR_SCHEMA = pa.schema([
     ("kind", pa.string()),       # "definition" or "description"
     ("source", pa.string()),     # the definition's vocabulary, "llm", or "kg"
 ])
+
+
+# A pair with its anchor's normal form (keys.normalise), until held-out names are dropped.
+KEYED_PAIR_SCHEMA = PAIR_SCHEMA.append(pa.field("anchor_key", pa.string()))
+# A text evaluation holds out, and the pair column it must not be in: a name in its normal
+# form ("anchor_key"), or a definition as written ("positive").
+HELD_OUT_SCHEMA = pa.schema([("concept_id", pa.string()), ("text", pa.string()),
+                             ("column", pa.string())])
 
 
 def run(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> dict:
@@ -98,7 +107,7 @@ def make_pairs(batch: pa.Table, max_per_concept: int, seed: int,
                                   (concept_id, anchor, positive, kind, source), strict=True):
                 rows[key].append(value)
             rows["anchor_key"].append(keys.normalise(anchor))
-    return pa.table(rows, schema=PAIR_SCHEMA.append(pa.field("anchor_key", pa.string())))
+    return pa.table(rows, schema=KEYED_PAIR_SCHEMA)
 
 
 def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
@@ -121,10 +130,12 @@ def _build(cfg: PipelineConfig, run_dir: RunDir, staging: str) -> StageOutputs:
     # Buckets of at most ROWS_PER_PARTITION pairs (what one shuffle task holds), counting the
     # most pairs every concept of the KG could give.
     buckets = shuffle_partitions(kg_concepts * pcfg.max_pairs_per_concept, 1)
-    pairs = _without_held_out(pairs, run_dir).map_batches(
-        with_split, batch_format="pyarrow",
-        fn_kwargs={"fraction": pcfg.validation_fraction, "seed": pcfg.seed, "buckets": buckets})
-    write_shuffled_splits(pairs, staging, fs, pcfg.seed)
+    # The held-out texts go to the same split and bucket as their concept's pairs, and are
+    # dropped bucket by bucket (write_shuffled_splits).
+    split = {"fraction": pcfg.validation_fraction, "seed": pcfg.seed, "buckets": buckets}
+    pairs, held_out = (ds.map_batches(with_split, batch_format="pyarrow", fn_kwargs=split)
+                       for ds in (pairs, held_out_texts(run_dir)))
+    write_shuffled_splits(pairs, held_out, staging, fs, pcfg.seed)
     fs.delete_dir(f"{staging}/_facts")
     counts = {}
     for name in SPLITS:
@@ -139,7 +150,6 @@ def with_split(batch: pa.Table, fraction: float, seed: int, buckets: int) -> pa.
     per concept: no concept on both sides), else "train"; and ``bucket``, a seeded draw of
     the concept among ``buckets``. One draw of each per concept of the batch, not per pair."""
     import numpy as np
-    import pyarrow.compute as pc
 
     concepts = pc.unique(batch["concept_id"])
     names = concepts.to_pylist()
@@ -152,62 +162,93 @@ def with_split(batch: pa.Table, fraction: float, seed: int, buckets: int) -> pa.
         "bucket", pa.array(bucket_of[pc.index_in(batch["concept_id"], concepts).to_numpy()]))
 
 
-def write_shuffled_splits(pairs, staging: str, fs, seed: int) -> None:
-    """Each split's pairs (rows of ``with_split``) to ``staging/<split>/`` in a seeded random
-    order, holding one bucket at a time: the pairs are written by (split, bucket), then each
-    bucket is read, shuffled and written by one task. Ray Data's ``random_shuffle`` is
-    all-to-all, and at 1M UMLS concepts it held 2.3 GB of pairs in the object store."""
+def write_shuffled_splits(pairs, held_out, staging: str, fs, seed: int) -> None:
+    """Each split's pairs (rows of ``with_split``, KEYED_PAIR_SCHEMA) to ``staging/<split>/``
+    in a seeded random order, without the ``held_out`` texts (rows of ``with_split``,
+    HELD_OUT_SCHEMA), holding one bucket at a time: both are written by (split, bucket),
+    then each bucket is read, its held-out texts dropped, shuffled and written by one task.
+
+    Ray Data's ``random_shuffle`` is all-to-all, and at 1M UMLS concepts it held 2.3 GB of
+    pairs in the object store; the held-out texts, broadcast, grew with the KG in every
+    worker and in the driver, which read them (at 3M UMLS concepts the driver's peak in this
+    stage fell from 570 to 250 MiB when they went through the buckets instead)."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     everything = f"{staging}/_buckets"
-    pairs.write_parquet(everything, filesystem=fs, partition_cols=["split", "bucket"])
+    pairs.write_parquet(f"{everything}/pairs", filesystem=fs, partition_cols=["split", "bucket"])
+    held_out.write_parquet(f"{everything}/held_out", filesystem=fs,
+                           partition_cols=["split", "bucket"])
     calls = []
     for name in SPLITS:
         fs.create_dir(f"{staging}/{name}")
-        found = fs.get_file_info(pafs.FileSelector(f"{everything}/split={name}",
+        found = fs.get_file_info(pafs.FileSelector(f"{everything}/pairs/split={name}",
                                                    allow_not_found=True))
         folders = sorted(f.path for f in found if f.type == pafs.FileType.Directory)
         if not folders:  # readers still need the schema
             pq.write_table(PAIR_SCHEMA.empty_table(), f"{staging}/{name}/empty.parquet",
                            filesystem=fs)
-        calls += [(folder, f"{staging}/{name}/part-{i:05d}.parquet", fs, seed)
+        calls += [(folder, folder.replace(f"{everything}/pairs/", f"{everything}/held_out/"),
+                   f"{staging}/{name}/part-{i:05d}.parquet", fs, seed)
                   for i, folder in enumerate(folders)]
     run_tasks(_shuffle_bucket, calls)
     if fs.get_file_info(everything).type != pafs.FileType.NotFound:  # none if no pairs
         fs.delete_dir(everything)
 
 
-def _shuffle_bucket(folder: str, out: str, fs, seed: int) -> None:
+def _shuffle_bucket(folder: str, held_out: str, out: str, fs, seed: int) -> None:
     import numpy as np
+    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(folder, filesystem=fs, schema=PAIR_SCHEMA) \
-        .sort_by([("concept_id", "ascending"), ("anchor", "ascending"),
-                  ("positive", "ascending")])  # the same input order on every run
+    rows = pq.read_table(folder, filesystem=fs, schema=KEYED_PAIR_SCHEMA)
+    if fs.get_file_info(held_out).type != pafs.FileType.NotFound:
+        rows = without_held_out(rows, pq.read_table(held_out, filesystem=fs,
+                                                    schema=HELD_OUT_SCHEMA))
+    rows = rows.select(PAIR_SCHEMA.names).sort_by(
+        [("concept_id", "ascending"), ("anchor", "ascending"),
+         ("positive", "ascending")])  # the same input order on every run
     order = np.random.default_rng([seed, int(folder.rsplit("=", 1)[1])]).permutation(len(rows))
     pq.write_table(rows.take(order), out, filesystem=fs)
 
 
-def _without_held_out(pairs, run_dir: RunDir):
-    """Drop pairs whose name (in any case or word order) or definition is held out for
-    evaluation (broadcast anti-joins: held-out texts are a small share of the KG's);
-    returns PAIR_SCHEMA rows."""
-    import pyarrow.parquet as pq
+def without_held_out(pairs: pa.Table, held_out: pa.Table) -> pa.Table:
+    """Drop pairs whose anchor (in any case or word order) or positive is a text held out for
+    evaluation of the same concept."""
+    for column in ("anchor_key", "positive"):
+        held = held_out.filter(pc.equal(held_out["column"], column))
+        found = pc.is_in(_keyed(pairs["concept_id"], pairs[column]),
+                         value_set=_keyed(held["concept_id"], held["text"]))
+        pairs = pairs.filter(pc.invert(found))
+    return pairs
+
+
+def _keyed(concepts, texts):
+    return pc.binary_join_element_wise(concepts, texts, "\x1f")
+
+
+def held_out_texts(run_dir: RunDir):
+    """The names (in their normal form) and definitions evaluation holds out, as one Ray
+    Dataset of HELD_OUT_SCHEMA."""
+    from ray.data.expressions import col
 
     fs = run_dir.fs
-    names = pq.read_table(run_dir.output(stages.EVAL_SETS, "names"), filesystem=fs,
-                          columns=["concept_id", "text", "held_out"])
-    names = names.filter(names["held_out"])
-    names = pa.table({"concept_id": names["concept_id"],
-                      "text": pa.array([keys.normalise(t) for t in names["text"].to_pylist()],
-                                       pa.string())})
-    definitions = pq.read_table(run_dir.output(stages.EVAL_SETS, "definitions"), filesystem=fs,
-                                columns=["concept_id", "text"])
-    for held, column in ((names, "anchor_key"), (definitions, "positive")):
-        held = held.group_by(["concept_id", "text"]).aggregate([])  # keys once
-        if held.num_rows:
-            pairs = lookup_join(pairs, held, on=["concept_id", column],
-                                right_on=["concept_id", "text"], how="left_anti",
-                                whole_blocks=True)
-    return pairs.select_columns(PAIR_SCHEMA.names)
+    names = read_parquet(run_dir.output(stages.EVAL_SETS, "names"), fs,
+                         columns=["concept_id", "text", "held_out"]) \
+        .filter(expr=col("held_out")).map_batches(_normal_forms, batch_format="pyarrow")
+    definitions = read_parquet(run_dir.output(stages.EVAL_SETS, "definitions"), fs,
+                               columns=["concept_id", "text"]) \
+        .map_batches(_as_positives, batch_format="pyarrow")
+    return names.union(definitions)
+
+
+@per_slice
+def _normal_forms(names: pa.Table) -> pa.Table:
+    return pa.table([names["concept_id"], pa.array(
+        [keys.normalise(text) for text in names["text"].to_pylist()], pa.string()),
+        pa.array(["anchor_key"] * names.num_rows, pa.string())], schema=HELD_OUT_SCHEMA)
+
+
+def _as_positives(definitions: pa.Table) -> pa.Table:
+    return definitions.append_column("column", pa.array(["positive"] * definitions.num_rows,
+                                                        pa.string()))

@@ -26,6 +26,26 @@ def _concept_rows(generated=None, relations=None, targets=None):
     return table.append_column("generated", pa.array([generated], pa.string()))
 
 
+def test_held_out_texts_are_dropped_for_their_own_concept_only():
+    rows = [("C1", "Enuresis, nocturnal", "Urination during sleep."),
+            ("C1", "bedwetting", "Urination during sleep."),
+            ("C1", "bedwetting", "Involuntary urination at night."),
+            ("C2", "Nocturnal enuresis", "Another definition.")]
+    batch = pa.table({"concept_id": [r[0] for r in rows], "anchor": [r[1] for r in rows],
+                      "positive": [r[2] for r in rows], "kind": ["definition"] * 4,
+                      "source": ["HP"] * 4,
+                      "anchor_key": [keys.normalise(r[1]) for r in rows]},
+                     schema=pairs.KEYED_PAIR_SCHEMA)
+    held = pa.table({"concept_id": ["C1", "C1"],
+                     "text": [keys.normalise("nocturnal ENURESIS"), "Urination during sleep."],
+                     "column": ["anchor_key", "positive"]}, schema=pairs.HELD_OUT_SCHEMA)
+    kept = pairs.without_held_out(batch, held)
+    # C1's held-out name in another case and word order, and its held-out definition, go;
+    # the same name of C2 stays.
+    assert list(zip(kept["concept_id"].to_pylist(), kept["anchor"].to_pylist(),
+                    strict=True)) == [("C1", "bedwetting"), ("C2", "Nocturnal enuresis")]
+
+
 def test_pairs_from_names_definitions_and_descriptions():
     batch = _concept_rows(generated="Involuntary urination at night while asleep.",
                           relations=["is_a", "has_finding_site"],
