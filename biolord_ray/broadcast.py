@@ -46,7 +46,7 @@ def lookup_join(ds, table: pa.Table, on: list[str] | tuple[str, ...],
     right_on = list(right_on or on)
     if len(right_on) != len(on):
         raise ValueError(f"{list(on)} and {right_on}: as many keys on both sides")
-    keys = _key(table, right_on)
+    keys = key_column(table, right_on)
     if how in ("left_outer", "inner") and pc.count_distinct(keys).as_py() != len(keys):
         raise ValueError(f"lookup_join: the keys {right_on} of the broadcast side repeat")
     extra = table.drop_columns(right_on) if how in ("left_outer", "inner") else None
@@ -57,7 +57,8 @@ def lookup_join(ds, table: pa.Table, on: list[str] | tuple[str, ...],
                                      "on": list(on), "how": how})
 
 
-def _key(table: pa.Table, columns: list[str]) -> pa.ChunkedArray | pa.Array:
+def key_column(table: pa.Table, columns: list[str]) -> pa.ChunkedArray | pa.Array:
+    """The values of ``columns`` joined into one string key per row."""
     if len(columns) == 1:
         return table[columns[0]]
     return pc.binary_join_element_wise(*(table[c] for c in columns), _SEPARATOR)
@@ -65,7 +66,7 @@ def _key(table: pa.Table, columns: list[str]) -> pa.ChunkedArray | pa.Array:
 
 def _lookup(batch: pa.Table, keys: pa.Array, extra: pa.Table | None, on: list[str],
             how: str) -> pa.Table:
-    where = pc.index_in(_key(batch, on), value_set=keys)
+    where = pc.index_in(key_column(batch, on), value_set=keys)
     if how == "left_semi":
         return batch.filter(pc.is_valid(where))
     if how == "left_anti":

@@ -17,9 +17,10 @@ def per_slice(fn):
 
     Written by hand because asking Ray Data for batches of that size (``batch_size``) stops
     it from fusing the map with the read before it: the read's blocks then wait in the object
-    store for the slower Python pass (at 3M UMLS concepts, 600 to 1,000 MiB of a stage's
-    peak). Without a ``batch_size`` the map gets whole blocks (up to a Parquet file of
-    ``kg.rows_per_file`` rows) in the read's own task."""
+    store for the slower Python pass (with the other unfused reads, 600 to 1,000 MiB of the
+    object store at the data stages' 3M-concept peaks). Without a ``batch_size`` the map
+    gets whole blocks (up to a Parquet file of ``kg.rows_per_file`` rows) in the read's own
+    task."""
 
     @functools.wraps(fn)
     def sliced(batch: pa.Table, *args, **kwargs) -> pa.Table:

@@ -111,7 +111,6 @@ def assemble_concepts(facts, work_dir: str, fs, files: list[tuple[str, str, int,
     dropped (their names belong to an inactive or filtered concept) and a duplicate is an
     error naming the file.
     """
-
     buckets = buckets_for_bytes(files_bytes([path for path, *_ in files]), minimum_buckets)
     with located_read_errors(files):
         map_by_key({"facts": Keyed(facts, "concept_id", FACT_SCHEMA)}, buckets,

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from biolord_ray import keys, stages
-from biolord_ray.broadcast import lookup_join
+from biolord_ray.broadcast import key_column, lookup_join
 from biolord_ray.buckets import run_tasks
 from biolord_ray.config import PipelineConfig
 from biolord_ray.definitions.prompts import relation_label, with_facts
@@ -217,14 +217,10 @@ def without_held_out(pairs: pa.Table, held_out: pa.Table) -> pa.Table:
     evaluation of the same concept."""
     for column in ("anchor_key", "positive"):
         held = held_out.filter(pc.equal(held_out["column"], column))
-        found = pc.is_in(_keyed(pairs["concept_id"], pairs[column]),
-                         value_set=_keyed(held["concept_id"], held["text"]))
+        found = pc.is_in(key_column(pairs, ["concept_id", column]),
+                         value_set=key_column(held, ["concept_id", "text"]))
         pairs = pairs.filter(pc.invert(found))
     return pairs
-
-
-def _keyed(concepts, texts):
-    return pc.binary_join_element_wise(concepts, texts, "\x1f")
 
 
 def held_out_texts(run_dir: RunDir):
