@@ -113,14 +113,16 @@ def map_by_key(inputs: dict[str, Keyed], buckets: int, fn, out: str, fs: pafs.Fi
         import pyarrow.parquet as pq
 
         pq.write_table(schema.empty_table(), f"{out}/empty.parquet", filesystem=fs)
-    if fs.get_file_info(scratch).type != pafs.FileType.NotFound:
+    if fs.get_file_info(scratch).type == pafs.FileType.NotFound:
+        return
+    if log.isEnabledFor(logging.INFO):  # the count lists every file: only when it is shown
         # Each write task writes a file into every bucket it has rows for: the number of
         # files is the product of the two, which the log shows at scale.
         files = sum(info.type == pafs.FileType.File for info in
                     fs.get_file_info(pafs.FileSelector(scratch, recursive=True)))
-        fs.delete_dir(scratch)
         log.info("%s: %d buckets, %d files written in %.1f s, bucket tasks %.1f s", out,
                  buckets, files, written - started, time.perf_counter() - written)
+    fs.delete_dir(scratch)
 
 
 def run_tasks(fn, calls: list[tuple]) -> None:

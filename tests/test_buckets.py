@@ -40,7 +40,9 @@ def totals(left: pa.Table, right: pa.Table) -> pa.Table:
                      pc.fill_null(labels["label_count"].take(at), 0)], schema=OUT)
 
 
-def test_rows_of_a_key_meet_across_blocks_and_inputs(tmp_path):
+def test_rows_of_a_key_meet_across_blocks_and_inputs(tmp_path, caplog):
+    import logging
+
     import ray.data
 
     ids = [f"C{i % 37:03d}" for i in range(2000)]
@@ -50,8 +52,13 @@ def test_rows_of_a_key_meet_across_blocks_and_inputs(tmp_path):
     right = ray.data.from_arrow(pa.table({"key": ["C001", "C001", "C002", "X"],
                                           "label": list("abcd")}, schema=RIGHT))
     out = str(tmp_path / "out")
-    map_by_key({"left": Keyed(left, "id", LEFT), "right": Keyed(right, "key", RIGHT)}, 5,
-               totals, out, FS, OUT)
+    with caplog.at_level(logging.INFO, logger="biolord_ray.buckets"):
+        map_by_key({"left": Keyed(left, "id", LEFT), "right": Keyed(right, "key", RIGHT)}, 5,
+                   totals, out, FS, OUT)
+    # The log counts the bucket files the writes made: at least one per bucket with rows.
+    logged = [r.getMessage() for r in caplog.records if r.name == "biolord_ray.buckets"]
+    assert len(logged) == 1 and ": 5 buckets, " in logged[0]
+    assert int(logged[0].split(" buckets, ")[1].split(" files")[0]) >= 5
     result = pq.read_table(out).sort_by("id")
     assert result["id"].to_pylist() == sorted(set(ids))  # each id once: in one bucket only
     expected = {f"C{k:03d}": sum(i for i in range(2000) if i % 37 == k) for k in range(37)}
