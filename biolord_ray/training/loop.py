@@ -490,6 +490,7 @@ class _Run:
                 dist.all_reduce(total)
             if total[1]:
                 row["val_loss"] = float(total[0] / total[1])
+        loss_seconds = time.time() - started
         if self.rank == 0 and self.suite is not None:
             from biolord_ray.evaluation import main_score
             from biolord_ray.models.encode import Embedder, load_sentence_model
@@ -512,8 +513,8 @@ class _Run:
         if SCORE not in row:
             # No suite: the (negated) validation loss ranks the checkpoints.
             row[SCORE] = -row["val_loss"] if "val_loss" in row else float("nan")
-        self.print(f"validation ({time.time() - started:.1f} s): " + ", ".join(
-            f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
+        self.print(f"validation ({time.time() - started:.1f} s, loss {loss_seconds:.1f} s): "
+                   + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)))
         return row
 
     def checkpoint(self, state: LoopState, resumed_from: int) -> None:
