@@ -51,8 +51,8 @@ def test_two_worker_deepspeed_run_survives_a_killed_worker_learns_and_exports(
     cfg, run_dir = train_cfg
     t = cfg.contrastive
     # 8 steps, checkpoints at 4 and 8: the kill lands after the first. The validation loss
-    # on 128 held-out pairs (not all ~440): under ZeRO-3 on CPU each forward gathers the
-    # weights, and the whole split took 5 to 8 s of each of the three validations.
+    # on 128 held-out pairs (not all 373): under ZeRO-3 on CPU each forward gathers the
+    # weights, and the whole split took 4.7 to 7.6 s of each of the three validations.
     t.zero_stage, t.precision, t.max_steps, t.max_validation_rows = 3, "bf16", 8, 128
     killed = []
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint,
